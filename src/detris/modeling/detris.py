@@ -1,0 +1,152 @@
+"""DETRIS: frozen DINOv2 + CLIP text towers with adapters, a neck, a decoder and a dynamic-conv head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .clip_text import CLIPTextTransformer
+from .decoder import Decoder
+from .dinov2 import DinoVisionTransformer
+from .head import Projector
+from .neck import Neck
+
+
+class DETRIS(nn.Module):
+    """Referring image segmentation model.
+
+    Built from its parts (see ``detris.build_model`` for the named variants). The text tower runs first;
+    the Dense Aligners inside the vision tower attend to its final word features.
+
+    Args:
+        txt_backbone: CLIP text tower (with Text Adapters).
+        dinov2: DINOv2 ViT (with Dense Aligners).
+        neck / decoder / proj: the trainable fusion stages.
+        feature_layers: 0-based ViT blocks whose raw outputs are the first two of the neck's three maps
+            (the third is the final normalised output).
+        word_len: the token length the model works with (the official causal mask is word_len x word_len).
+    """
+
+    def __init__(
+        self,
+        txt_backbone: CLIPTextTransformer,
+        dinov2: DinoVisionTransformer,
+        neck: Neck,
+        decoder: Decoder,
+        proj: Projector,
+        feature_layers: tuple[int, ...],
+        word_len: int,
+    ) -> None:
+        super().__init__()
+        self.txt_backbone = txt_backbone
+        self.dinov2 = dinov2
+        self.neck = neck
+        self.decoder = decoder
+        self.proj = proj
+        self.feature_layers = tuple(feature_layers)
+        self.word_len = word_len
+        self.config = None  # set by build_model: the DetrisConfig this model was built from
+
+    # ------------------------------------------------------------------ freezing
+    def backbone_modules(self) -> list[nn.Module]:
+        return [self.txt_backbone, self.dinov2]
+
+    def adapter_modules(self) -> list[nn.Module]:
+        """Every Dense Aligner and Text Adapter, in block order (vision first)."""
+        mods = [b.adapter for b in self.dinov2.blocks if b.adapter is not None]
+        mods += [b.adapter for b in self.txt_backbone.transformer.resblocks if b.adapter is not None]
+        return mods
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """The modules DETRIS trains: adapters, neck, decoder and head."""
+        return self.adapter_modules() + [self.neck, self.decoder, self.proj]
+
+    def freeze_backbones(self) -> "DETRIS":
+        """Freeze both towers except their adapters; everything else trains (the official split)."""
+        for module in self.backbone_modules():
+            module.requires_grad_(False)
+        for module in self.trainable_modules():
+            module.requires_grad_(True)
+        return self
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> "DETRIS":
+        """Recompute backbone blocks in backward instead of storing their activations."""
+        self.dinov2.grad_checkpointing = enabled
+        self.txt_backbone.grad_checkpointing = enabled
+        return self
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def patch_size(self) -> int:
+        return self.dinov2.patch_size
+
+    @property
+    def output_stride(self) -> float:
+        """Input pixels per logit pixel: patch size / 4 (3.5 for /14 backbones)."""
+        return self.dinov2.patch_size / 4
+
+    def _check_inputs(self, images: Tensor, tokens: Tensor) -> None:
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be a (N, 3, H, W) tensor normalised with the CLIP mean/std, got {shape}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be floating point (normalised), got {images.dtype}")
+        if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+            shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be a (N, L) tensor from detris.tokenize, got {shape}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"tokens must be int64 ids from detris.tokenize, got {tokens.dtype}")
+        if tokens.shape[0] != images.shape[0]:
+            raise ValueError(f"batch sizes differ: {images.shape[0]} images but {tokens.shape[0]} token rows")
+        if tokens.shape[1] != self.word_len:
+            raise ValueError(
+                f"tokens have length {tokens.shape[1]} but this model uses word_len={self.word_len}: "
+                f"use detris.tokenize(texts, context_length={self.word_len})"
+            )
+        self.dinov2.grid_size(images.shape[-2], images.shape[-1])
+
+    def encode(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor | list[Tensor]]:
+        """The intermediate stages, for inspection and parity checks.
+
+        Returns a dict with ``words`` (N, L, text_width), ``sentence`` (N, text_embed_dim), ``maps`` (three
+        (N, C, H/p, W/p)), ``neck`` and ``decoder`` (N, fusion_dim, H/p, W/p).
+        """
+        self._check_inputs(images, tokens)
+        tokens = tokens.long()
+        words, sentence = self.txt_backbone(tokens)
+        gh, gw = self.dinov2.grid_size(images.shape[-2], images.shape[-1])
+        final, tapped = self.dinov2(images, words, self.feature_layers)
+        prefix = self.dinov2.num_prefix_tokens
+        maps = [t[:, prefix:].transpose(1, 2).reshape(t.shape[0], -1, gh, gw) for t in (*tapped, final)]
+        fq = self.neck(maps, sentence)
+        dec = self.decoder(fq, words, tokens == 0)
+        return {"words": words, "sentence": sentence, "maps": maps, "neck": fq, "decoder": dec}
+
+    def forward(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Segment the object each expression refers to.
+
+        Args:
+            images: (N, 3, H, W) float, normalised with the CLIP mean/std; H, W multiples of 14.
+            tokens: (N, word_len) int64 from ``detris.tokenize`` (0 = padding).
+            mask: optional (N, 1, H', W') target in [0, 1]; in training mode the loss is returned too.
+
+        Returns:
+            logits (N, 1, 4H/14, 4W/14); with ``mask`` in training mode ``(logits, loss)`` where loss is
+            binary cross-entropy against the mask resized with legacy "nearest" to the logits' size.
+        """
+        stages = self.encode(images, tokens)
+        logits = self.proj(stages["decoder"], stages["sentence"])
+        if mask is None or not self.training:
+            return logits
+        return logits, segmentation_loss(logits, mask)
+
+
+def segmentation_loss(logits: Tensor, mask: Tensor) -> Tensor:
+    """BCE-with-logits against ``mask`` (N, 1, H, W) resized (legacy nearest) to the logits' size."""
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    mask = mask.to(logits.dtype)
+    if mask.shape[-2:] != logits.shape[-2:]:
+        mask = F.interpolate(mask, size=logits.shape[-2:], mode="nearest")
+    return F.binary_cross_entropy_with_logits(logits, mask)
