@@ -164,7 +164,10 @@ _HF_DINO_TOP = {
     "layernorm.weight": "norm.weight",
     "layernorm.bias": "norm.bias",
 }
-_HF_QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("attention.query", "attention.key", "attention.value"))
+_HF_QKV_NAMES = (
+    ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+    ("attention.query", "attention.key", "attention.value"),  # transformers < 5 naming
+)
 
 
 def dinov2_from_transformers(sd: Mapping[str, Tensor]) -> StateDict:
@@ -310,14 +313,13 @@ def clip_text_to_transformers(sd: Mapping[str, Tensor]) -> StateDict:
             out["text_projection.weight"] = value.t().contiguous()
         elif ".adapter." in key or key == "logit_scale":
             continue
+        elif m := re.match(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", key):
+            prefix = f"text_model.encoder.layers.{m.group(1)}.self_attn."
+            for part_name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3)):
+                out[f"{prefix}{part_name}.{m.group(2)}"] = part
         elif m := block.match(key):
             idx, name, kind = m.group(1), m.group(2), m.group(3)
-            prefix = f"text_model.encoder.layers.{idx}."
-            if name == "attn.in_proj":
-                for part_name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3)):
-                    out[f"{prefix}self_attn.{part_name}.{kind}"] = part
-            else:
-                out[f"{prefix}{names[name]}.{kind}"] = value
+            out[f"text_model.encoder.layers.{idx}.{names[name]}.{kind}"] = value
     return out
 
 

@@ -76,6 +76,45 @@ class DETRIS(nn.Module):
         self.txt_backbone.grad_checkpointing = enabled
         return self
 
+    # ------------------------------------------------------------------ saving / loading
+    def save_pretrained(self, directory, adapter_only: bool = False, base_weights=None):
+        """Write ``config.json`` + ``model.safetensors``; see ``detris.weights.save_pretrained``."""
+        from ..weights import save_pretrained
+
+        return save_pretrained(self, directory, adapter_only=adapter_only, base_weights=base_weights)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dinov2_weights=None, clip_weights=None) -> "DETRIS":
+        """Load a directory (or Hub id) written by ``save_pretrained``; see ``detris.weights.from_pretrained``."""
+        from ..weights import from_pretrained
+
+        return from_pretrained(name_or_path, dinov2_weights=dinov2_weights, clip_weights=clip_weights)
+
+    def push_to_hub(self, repo_id: str, adapter_only: bool = False, private: bool = False, **kwargs) -> str:
+        """Save to a temporary directory and upload it to the Hugging Face Hub (needs ``huggingface_hub``)."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, adapter_only=adapter_only)
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, **kwargs)
+        return repo_id
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total, trainable and adapter parameters, and the backbones' size (for the adapter share)."""
+        def count(mods) -> int:
+            return sum(p.numel() for m in mods for p in m.parameters())
+
+        return {
+            "total": sum(p.numel() for p in self.parameters()),
+            "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "adapters": count(self.adapter_modules()),
+            "backbones": count(self.backbone_modules()),
+        }
+
     # ------------------------------------------------------------------ forward
     @property
     def patch_size(self) -> int:

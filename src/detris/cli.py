@@ -1,0 +1,92 @@
+"""The ``detris`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from .build import build_model
+    from .variants import get_variant, list_variants
+
+    names = list_variants() if args.variant == "all" else [args.variant]
+    rows = []
+    for name in names:
+        cfg = get_variant(name)
+        # Shapes only: the meta device builds even DETRIS-L instantly and allocates nothing.
+        with torch.device("meta"):
+            counts = build_model(cfg).parameter_counts()
+        share = 100.0 * counts["adapters"] / counts["backbones"]
+        rows.append({"variant": cfg.name, **counts, "adapter_share_percent": round(share, 2)})
+    if args.json:
+        print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
+        return 0
+    print(f"{'variant':<16}{'total':>12}{'trainable':>12}{'adapters':>12}{'adapter share':>16}")
+    for r in rows:
+        print(
+            f"{r['variant']:<16}{r['total'] / 1e6:>11.2f}M{r['trainable'] / 1e6:>11.2f}M"
+            f"{r['adapters'] / 1e6:>11.2f}M{r['adapter_share_percent']:>14.2f} %"
+        )
+    print("adapter share = adapter parameters / parameters of the two backbones (adapters included)")
+    return 0
+
+
+def _cmd_convert_official(args: argparse.Namespace) -> int:
+    from .weights import load_official_checkpoint
+
+    overrides = {"word_len": args.word_len} if args.word_len else {}
+    model = load_official_checkpoint(args.checkpoint, variant=args.variant, **overrides)
+    out = model.save_pretrained(args.out)
+    print(f"converted {args.checkpoint} ({model.config.name}) -> {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out_dir=Path(args.out), seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detris", description="DETRIS referring image segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="parameter counts of a variant")
+    p.add_argument("--variant", default="all", help="detris-b, detris-l, detris-l-mixed, detris-tiny or all")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("convert-official", help="official DETRIS .pth -> config.json + model.safetensors")
+    p.add_argument("checkpoint", help="checkpoint written by the official train.py")
+    p.add_argument("--variant", required=True, help="detris-b, detris-l or detris-l-mixed")
+    p.add_argument("--word-len", type=int, default=None, help="token length (22 for RefCOCOg-umd models)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_convert_official)
+
+    p = sub.add_parser("demo", help="synthetic end-to-end demo on CPU")
+    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        # Expected user errors: one clear line, no traceback.
+        print(f"detris {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
