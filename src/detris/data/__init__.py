@@ -1,0 +1,49 @@
+"""Data: REFER annotations, image loading, the official letterbox transforms and torch datasets."""
+
+from .datasets import MIXED_DATASETS, JsonlSegDataset, MixedReferDataset, ReferSegDataset, collate
+from .images import ImageLoadError, ImageNotFoundError, load_image
+from .refer import (
+    DATASETS,
+    REFER_LAYOUT,
+    ReferDataset,
+    SafeUnpickler,
+    UnsafePickleError,
+    load_refer,
+    safe_load_pickle,
+    segmentation_to_mask,
+)
+from .transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    inverse_warp,
+    letterbox_image,
+    letterbox_mask,
+    letterbox_matrix,
+    normalize_image,
+)
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DATASETS",
+    "MIXED_DATASETS",
+    "REFER_LAYOUT",
+    "ImageLoadError",
+    "ImageNotFoundError",
+    "JsonlSegDataset",
+    "MixedReferDataset",
+    "ReferDataset",
+    "ReferSegDataset",
+    "SafeUnpickler",
+    "UnsafePickleError",
+    "collate",
+    "inverse_warp",
+    "letterbox_image",
+    "letterbox_mask",
+    "letterbox_matrix",
+    "load_image",
+    "load_refer",
+    "normalize_image",
+    "safe_load_pickle",
+    "segmentation_to_mask",
+]

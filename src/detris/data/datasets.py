@@ -1,0 +1,612 @@
+"""Torch datasets for referring segmentation, following the official DETRIS data protocol.
+
+Modes (what an item holds, and how many items there are):
+
+* ``train``: one item per ref (object); each epoch draws one of its sentences at random. The draw
+  comes from a generator seeded by ``(seed, epoch, index)``, so it is reproducible, differs between
+  epochs (call `set_epoch` like ``DistributedSampler.set_epoch``) and does not depend on worker count.
+* ``val``: one item per ref with its *first* sentence (official validation during training).
+* ``test``: one item per sentence of every ref (official evaluation).
+
+Every item is a dict:
+
+===============  ===========================================  ========================================
+key              value                                        notes
+===============  ===========================================  ========================================
+``image``        float32 ``(3, S, S)``                        letterboxed (bicubic) + CLIP-normalised
+``tokens``       int64 ``(word_len,)``                        CLIP ids, zero padded, truncated
+``mask``         float32 ``(1, S, S)``                        letterboxed mask, bilinear, *not* re-binarised
+``mask_orig``    uint8 ``(H, W)`` 0/1                         val/test only: the ground truth at original size
+``orig_size``    int64 ``(2,)``                               ``(H, W)`` of the original image
+``inverse``      float64 ``(2, 3)``                           maps model-input pixels back to the original
+``ref_id``       int or str                                   the object; ``sent_id``: the sentence
+``sentence``     str                                          the stripped expression
+``dataset``      str                                          e.g. ``refcoco``; ``image_path``: str
+===============  ===========================================  ========================================
+
+The official training item is ``(image, tokens, mask)``; the official validation item carries the
+path of the original-size mask PNG plus ``inverse`` and ``ori_size``, and the test item all sentences of
+a ref. Here ``mask_orig`` replaces the PNG path (the same 0/1 mask, decoded from the annotation), and test
+items are flattened to one per sentence.
+
+Bad images: with ``skip_bad=False`` (default) an unreadable image raises `ImageLoadError` naming the file.
+With ``skip_bad=True`` the item comes back as a small marker ``{"skipped": path, "reason": message}``,
+the path is appended to ``dataset.skipped`` (in the process that loaded it: with ``num_workers > 0`` that
+is a worker, so read the batch's ``"skipped"`` list instead), and `collate` drops it from the batch and
+lists it in ``batch["skipped"]``. A batch whose items were all skipped collates to ``None``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .images import ImageLoadError, load_image
+from .refer import ReferDataset, load_refer, segmentation_to_mask
+from .transforms import letterbox_image, letterbox_mask, normalize_image
+
+__all__ = [
+    "MIXED_DATASETS",
+    "JsonlSegDataset",
+    "MixedReferDataset",
+    "ReferSegDataset",
+    "collate",
+]
+
+PathLike = Union[str, os.PathLike]
+#: ``tokenizer(texts, context_length=L) -> LongTensor (N, L)``, like `detris.tokenizer.tokenize`.
+Tokenizer = Callable[..., torch.Tensor]
+
+_MODES = ("train", "val", "test")
+#: The datasets of the official "mixed" training set, in the order tools/mix.py concatenates them.
+MIXED_DATASETS: Tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One referred object: its image, its sentences and how to find its mask."""
+
+    ref_id: Union[int, str]
+    image_path: str
+    sentences: Tuple[Tuple[Union[int, str], str], ...]  # ((sent_id, text), ...)
+    dataset: str
+    expected_hw: Optional[Tuple[int, int]] = None  # size promised by the annotation, if any
+    mask_spec: Any = None  # subclass-specific description of the mask
+
+
+def _default_tokenizer() -> Tokenizer:
+    # Imported lazily so that building a dataset with a custom tokenizer never loads the vocabulary.
+    from ..tokenizer import tokenize
+
+    return tokenize
+
+
+class _ExpressionDataset(Dataset):
+    """Shared item pipeline; subclasses fill ``self._entries`` and implement `_load_mask`."""
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        word_len: int,
+        tokenizer: Optional[Tokenizer],
+        seed: int,
+        skip_bad: bool,
+        empty_sentences: str,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if empty_sentences not in ("error", "drop"):
+            raise ValueError(f"empty_sentences must be 'error' or 'drop', got {empty_sentences!r}")
+        if int(input_size) <= 0 or int(word_len) < 2:
+            raise ValueError(f"need input_size > 0 and word_len >= 2, got {input_size}, {word_len}")
+        self.mode = mode
+        self.input_size = int(input_size)
+        self.word_len = int(word_len)
+        self.tokenizer: Tokenizer = tokenizer if tokenizer is not None else _default_tokenizer()
+        self.seed = int(seed)
+        self.epoch = 0
+        self.skip_bad = bool(skip_bad)
+        self.empty_sentences = empty_sentences
+        #: Image paths skipped because they could not be read (only with ``skip_bad=True``).
+        self.skipped: List[str] = []
+        #: ``(ref_id, sent_id)`` of empty sentences removed with ``empty_sentences='drop'``.
+        self.dropped_sentences: List[Tuple[Any, Any]] = []
+        self._entries: List[_Entry] = []
+        self._items: List[Tuple[int, Optional[int]]] = []
+
+    # ----------------------------------------------------------------- index
+    def _finalize(self, where: str) -> None:
+        """Check sentences and build the item list. ``where`` names the source in error messages."""
+        checked: List[_Entry] = []
+        for entry in self._entries:
+            kept = []
+            for sent_id, text in entry.sentences:
+                if not isinstance(text, str) or not text.strip():
+                    if self.empty_sentences == "error":
+                        raise ValueError(
+                            f"{where}: empty sentence {text!r} (ref_id={entry.ref_id}, sent_id={sent_id}); "
+                            f"fix the annotation or pass empty_sentences='drop' to leave it out"
+                        )
+                    self.dropped_sentences.append((entry.ref_id, sent_id))
+                    continue
+                # The official preprocessing strips every sentence before tokenising.
+                kept.append((sent_id, text.strip()))
+            if kept:
+                checked.append(
+                    _Entry(entry.ref_id, entry.image_path, tuple(kept), entry.dataset, entry.expected_hw,
+                           entry.mask_spec)
+                )
+        self._entries = checked
+        if self.mode == "test":
+            self._items = [(e, s) for e, entry in enumerate(self._entries) for s in range(len(entry.sentences))]
+        elif self.mode == "val":
+            self._items = [(e, 0) for e in range(len(self._entries))]
+        else:
+            self._items = [(e, None) for e in range(len(self._entries))]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def num_refs(self) -> int:
+        """Number of referred objects."""
+        return len(self._entries)
+
+    @property
+    def num_expressions(self) -> int:
+        """Number of sentences over all objects (the length of the test mode)."""
+        return sum(len(e.sentences) for e in self._entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose sentence draw `__getitem__` returns in train mode."""
+        self.epoch = int(epoch)
+
+    def sentence_index(self, index: int, _stream: Tuple[int, ...] = ()) -> int:
+        """Which sentence of item ``index`` is used now (train: the epoch's random draw)."""
+        entry_idx, sent_idx = self._items[index]
+        if sent_idx is not None:
+            return sent_idx
+        n = len(self._entries[entry_idx].sentences)
+        # A fresh generator per (seed, epoch, item) makes the draw independent of worker layout and order.
+        rng = np.random.default_rng([self.seed, self.epoch, *_stream, index])
+        return int(rng.integers(n))
+
+    # ----------------------------------------------------------------- items
+    def _load_mask(self, entry: _Entry, height: int, width: int) -> np.ndarray:
+        """The object's mask as uint8 0/1 ``(height, width)``."""
+        raise NotImplementedError
+
+    def _tokens(self, text: str) -> torch.Tensor:
+        ids = torch.as_tensor(self.tokenizer([text], context_length=self.word_len))
+        if ids.numel() != self.word_len:
+            raise ValueError(
+                f"the tokenizer returned shape {tuple(ids.shape)} for one sentence, expected "
+                f"(1, {self.word_len}); it must accept (texts, context_length=...)"
+            )
+        return ids.reshape(self.word_len).long()
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        return self._get(index, ())
+
+    def _get(self, index: int, _stream: Tuple[int, ...]) -> Dict[str, Any]:
+        if index < 0:
+            index += len(self)
+        entry_idx, _ = self._items[index]
+        entry = self._entries[entry_idx]
+        sent_id, sentence = entry.sentences[self.sentence_index(index, _stream)]
+        try:
+            image = load_image(entry.image_path)
+            h, w = image.shape[:2]
+            if entry.expected_hw is not None and (h, w) != tuple(entry.expected_hw):
+                raise ImageLoadError(
+                    f"{entry.image_path}: the image is {h}x{w} (HxW) but the annotation says "
+                    f"{entry.expected_hw[0]}x{entry.expected_hw[1]}; wrong file, or an EXIF rotation "
+                    f"the annotation did not see"
+                )
+            mask = self._load_mask(entry, h, w)
+            if mask.shape != (h, w):
+                raise ImageLoadError(
+                    f"{entry.image_path}: the image is {h}x{w} (HxW) but its mask is "
+                    f"{mask.shape[0]}x{mask.shape[1]}"
+                )
+        except ImageLoadError as exc:
+            if not self.skip_bad:
+                raise
+            self.skipped.append(entry.image_path)
+            return {"skipped": entry.image_path, "reason": str(exc)}
+
+        warped, mat, inv = letterbox_image(image, self.input_size)
+        item: Dict[str, Any] = {
+            "image": normalize_image(warped),
+            "tokens": self._tokens(sentence),
+            "mask": torch.from_numpy(letterbox_mask(mask, mat, self.input_size)).unsqueeze(0),
+            "orig_size": torch.tensor([h, w], dtype=torch.long),
+            "inverse": torch.from_numpy(np.asarray(inv, dtype=np.float64).copy()),
+            "ref_id": entry.ref_id,
+            "sent_id": sent_id,
+            "sentence": sentence,
+            "dataset": entry.dataset,
+            "image_path": entry.image_path,
+        }
+        if self.mode != "train":
+            item["mask_orig"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))
+        return item
+
+
+class ReferSegDataset(_ExpressionDataset):
+    """Items of one split of a REFER dataset (RefCOCO / RefCOCO+ / RefCOCOg).
+
+    Args:
+        refer: a loaded `ReferDataset` (see `load_refer`).
+        split: e.g. ``train``, ``val``, ``testA``, ``testB``, ``test``; unknown splits raise and list
+            the available ones.
+        mode: ``train`` | ``val`` | ``test`` (see the module docstring); defaults to ``train`` for the
+            train split and ``test`` otherwise.
+        image_root: folder of the COCO train2014 images (``image_root / file_name``).
+        input_size: side ``S`` of the square model input (448 in the official configs).
+        word_len: token length ``L`` (17; 22 for RefCOCOg umd in the official configs).
+        tokenizer: ``tokenizer(texts, context_length=L) -> LongTensor (N, L)``; default `detris.tokenize`.
+        seed: seed of the train-mode sentence draw.
+        skip_bad: skip unreadable images instead of raising (see the module docstring).
+        empty_sentences: ``error`` (default) raises on an empty/whitespace sentence naming its ref_id and
+            sent_id; ``drop`` leaves it out and records it in ``dropped_sentences``.
+    """
+
+    def __init__(
+        self,
+        refer: ReferDataset,
+        split: str,
+        mode: Optional[str] = None,
+        image_root: PathLike = ".",
+        input_size: int = 448,
+        word_len: int = 17,
+        tokenizer: Optional[Tokenizer] = None,
+        seed: int = 0,
+        skip_bad: bool = False,
+        empty_sentences: str = "error",
+    ) -> None:
+        mode = mode or ("train" if split == "train" else "test")
+        super().__init__(mode, input_size, word_len, tokenizer, seed, skip_bad, empty_sentences)
+        self.refer = refer
+        self.split = split
+        self.image_root = Path(image_root)
+        for ref_id in refer.ref_ids(split):
+            ref = refer.refs[ref_id]
+            info = refer.image_info(ref_id)
+            sentences = []
+            for k, s in enumerate(ref["sentences"]):
+                # 'sent' is the normalised text the official pipeline uses; 'raw' is the fallback.
+                text = s.get("sent", s.get("raw", ""))
+                sentences.append((s.get("sent_id", k), text))
+            self._entries.append(
+                _Entry(
+                    ref_id=ref_id,
+                    image_path=str(self.image_root / str(info["file_name"])),
+                    sentences=tuple(sentences),
+                    dataset=refer.dataset,
+                    expected_hw=(int(info["height"]), int(info["width"])),
+                    mask_spec=ref_id,
+                )
+            )
+        self._finalize(f"{refer.refs_path} [{split}]")
+
+    def _load_mask(self, entry: _Entry, height: int, width: int) -> np.ndarray:
+        return self.refer.get_mask(entry.mask_spec)
+
+    def __repr__(self) -> str:
+        return (
+            f"ReferSegDataset(dataset={self.refer.dataset!r}, split_by={self.refer.split_by!r}, "
+            f"split={self.split!r}, mode={self.mode!r}, refs={self.num_refs}, items={len(self)}, "
+            f"input_size={self.input_size}, word_len={self.word_len})"
+        )
+
+
+class MixedReferDataset(Dataset):
+    """The official "mixed" set of the DETRIS-L* config: RefCOCO (unc) + RefCOCO+ (unc) + RefCOCOg (umd).
+
+    ``split='train'`` concatenates the three train splits (42404 + 42278 + 42226 = 126908 refs upstream);
+    ``split='val'`` concatenates the three ``val`` splits (3811 + 3805 + 2573 = 10189 refs), which is what
+    the official ``tools/mix.py`` builds and the mixed config validates on (first sentence per ref).
+    Parts are concatenated in that order. ``ref_id`` repeats across parts, so items carry ``dataset``.
+
+    Args:
+        source: ``DATA_ROOT`` (the three datasets are loaded from it) or three loaded `ReferDataset`.
+        split: ``train`` or ``val`` (any split all parts have works).
+        mode: as in `ReferSegDataset`; defaults to ``train`` for the train split and ``val`` otherwise.
+        Other arguments: as in `ReferSegDataset`.
+    """
+
+    def __init__(
+        self,
+        source: Union[PathLike, Sequence[ReferDataset]],
+        split: str = "train",
+        mode: Optional[str] = None,
+        image_root: PathLike = ".",
+        input_size: int = 448,
+        word_len: int = 17,
+        tokenizer: Optional[Tokenizer] = None,
+        seed: int = 0,
+        skip_bad: bool = False,
+        empty_sentences: str = "error",
+    ) -> None:
+        if isinstance(source, (str, os.PathLike)):
+            refers = [load_refer(source, name) for name in MIXED_DATASETS]
+        else:
+            refers = list(source)
+        mode = mode or ("train" if split == "train" else "val")
+        tokenizer = tokenizer if tokenizer is not None else _default_tokenizer()
+        self.split = split
+        self.mode = mode
+        self.parts: List[ReferSegDataset] = [
+            ReferSegDataset(r, split, mode, image_root, input_size, word_len, tokenizer, seed, skip_bad,
+                            empty_sentences)
+            for r in refers
+        ]
+        self._offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def _locate(self, index: int) -> Tuple[int, int]:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        part = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return part, index - int(self._offsets[part])
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        part, local = self._locate(index)
+        # The part number joins the seed so that equal local indices of different parts draw independently.
+        return self.parts[part]._get(local, (part,))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to every part (train-mode sentence draw)."""
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    @property
+    def skipped(self) -> List[str]:
+        """Skipped image paths over all parts (this process only)."""
+        return [path for p in self.parts for path in p.skipped]
+
+    @property
+    def num_refs(self) -> int:
+        return sum(p.num_refs for p in self.parts)
+
+    @property
+    def num_expressions(self) -> int:
+        return sum(p.num_expressions for p in self.parts)
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{p.refer.dataset}:{len(p)}" for p in self.parts)
+        return f"MixedReferDataset(split={self.split!r}, mode={self.mode!r}, parts=[{names}])"
+
+
+# ---------------------------------------------------------------------------------------------- JSONL
+
+
+def _read_mask_png(path: Path) -> np.ndarray:
+    """A mask image -> uint8 0/1. Palette/1-bit: any non-zero index; otherwise values >= half range."""
+    if not path.is_file():
+        raise ImageLoadError(f"mask file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            arr = np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{path}: cannot read mask image ({exc})") from exc
+    if mode in ("P", "PA", "1"):
+        plane = arr[..., 0] if arr.ndim == 3 else arr
+        return (plane != 0).astype(np.uint8)
+    if arr.ndim == 3:
+        # Colour masks: a pixel is foreground when any colour channel is on (alpha ignored).
+        arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8)
+    if arr.size and arr.max() <= 1:
+        return (arr > 0).astype(np.uint8)  # a 0/1 mask
+    if np.issubdtype(arr.dtype, np.floating):
+        return (arr >= 0.5).astype(np.uint8)
+    half = 32768 if (arr.dtype != np.uint8 and arr.max() > 255) else 128
+    return (arr >= half).astype(np.uint8)
+
+
+class JsonlSegDataset(_ExpressionDataset):
+    """Referring-segmentation data in a simple JSON-lines file.
+
+    One JSON object per line, one referred object per line::
+
+        {"image": "images/cat.jpg", "sentence": "the cat on the left", "mask": "masks/cat_left.png"}
+        {"image": "images/cat.jpg", "sentence": "right cat", "polygon": [[10, 20, 50, 20, 50, 80, 10, 80]]}
+        {"image": "/data/dog.png", "sentences": ["brown dog", "the dog"], "rle": {"size": [480, 640], "counts": "..."}, "id": "dog-1"}
+
+    Fields:
+
+    * ``image`` (required): image path.
+    * ``sentence`` (a string) or ``sentences`` (a non-empty list of strings): the expression(s). With
+      several, train mode draws one per epoch, val mode uses the first, test mode yields each.
+    * exactly one mask, at the image's size (after EXIF rotation):
+      ``mask``: path of a PNG (0/1 or 0/255 grey, or a palette PNG where any non-zero index is the
+      object; grey values >= 128 count as foreground); ``polygon``: a list of polygons, each
+      ``[x0, y0, x1, y1, ...]`` in pixels (COCO convention, at least 3 points); ``rle``: a COCO RLE
+      ``{"size": [h, w], "counts": [...] | "..."}`` (uncompressed or compressed).
+    * ``id`` (optional): reported as ``ref_id``; defaults to the line number. ``sent_id`` is the index
+      of the sentence within the line.
+
+    Relative paths are resolved against the JSONL file's folder; relative ``image`` paths against
+    ``image_root`` instead when it is given. Blank lines and lines starting with ``#`` are ignored.
+    The file is validated when the dataset is built; errors name the file and line number.
+
+    Args:
+        path: the ``.jsonl`` file.
+        image_root: optional base folder for relative image paths.
+        mode, input_size, word_len, tokenizer, seed, skip_bad, empty_sentences: as in `ReferSegDataset`
+            (``mode`` defaults to ``train``).
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        image_root: Optional[PathLike] = None,
+        mode: str = "train",
+        input_size: int = 448,
+        word_len: int = 17,
+        tokenizer: Optional[Tokenizer] = None,
+        seed: int = 0,
+        skip_bad: bool = False,
+        empty_sentences: str = "error",
+    ) -> None:
+        super().__init__(mode, input_size, word_len, tokenizer, seed, skip_bad, empty_sentences)
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"JSONL annotation file not found: {self.path}")
+        base = self.path.parent
+        img_base = Path(image_root) if image_root is not None else base
+        self.image_root = img_base
+        with open(self.path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            self._entries.append(self._parse_line(line, lineno, base, img_base))
+        if not self._entries:
+            raise ValueError(f"{self.path}: no records found (expected one JSON object per line)")
+        self._finalize(str(self.path))
+
+    def _parse_line(self, line: str, lineno: int, base: Path, img_base: Path) -> _Entry:
+        where = f"{self.path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        known = {"image", "sentence", "sentences", "mask", "polygon", "rle", "id"}
+        unknown = sorted(set(rec) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+        image = rec.get("image")
+        if not isinstance(image, str) or not image:
+            raise ValueError(f"{where}: 'image' must be a non-empty path string")
+        ref_id = rec.get("id", lineno)
+        if not isinstance(ref_id, (int, str)) or isinstance(ref_id, bool):
+            raise ValueError(f"{where}: 'id' must be a string or an integer")
+
+        if ("sentence" in rec) == ("sentences" in rec):
+            raise ValueError(f"{where}: give exactly one of 'sentence' (string) or 'sentences' (list of strings)")
+        texts = [rec["sentence"]] if "sentence" in rec else rec["sentences"]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"{where}: 'sentence' must be a string / 'sentences' a non-empty list of strings")
+        for k, t in enumerate(texts):
+            if not t.strip() and self.empty_sentences == "error":
+                raise ValueError(
+                    f"{where}: empty sentence (ref_id={ref_id}, sent_id={k}); write the expression or "
+                    f"pass empty_sentences='drop'"
+                )
+
+        kinds = [k for k in ("mask", "polygon", "rle") if k in rec]
+        if len(kinds) != 1:
+            raise ValueError(f"{where}: give exactly one of 'mask', 'polygon' or 'rle' (got {kinds or 'none'})")
+        kind = kinds[0]
+        value = rec[kind]
+        if kind == "mask":
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{where}: 'mask' must be a path string to a PNG mask")
+            spec: Tuple[str, Any] = ("mask", str(base / value))
+        elif kind == "polygon":
+            ok = isinstance(value, list) and value and all(
+                isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+                for p in value
+            )
+            if not ok:
+                raise ValueError(
+                    f"{where}: 'polygon' must be a list of polygons [[x0, y0, x1, y1, x2, y2, ...], ...], "
+                    f"each with an even number (>= 6) of numbers"
+                )
+            spec = ("polygon", value)
+        else:
+            size = value.get("size") if isinstance(value, dict) else None
+            counts = value.get("counts") if isinstance(value, dict) else None
+            ok_size = isinstance(size, list) and len(size) == 2 and all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
+            )
+            ok_counts = isinstance(counts, str) or (
+                isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
+            )
+            if not (ok_size and ok_counts):
+                raise ValueError(
+                    f"{where}: 'rle' must be {{\"size\": [h, w], \"counts\": [ints] or \"compressed string\"}}"
+                )
+            if isinstance(counts, list) and sum(counts) != size[0] * size[1]:
+                raise ValueError(
+                    f"{where}: uncompressed RLE counts sum to {sum(counts)}, expected h*w = {size[0] * size[1]}"
+                )
+            spec = ("rle", value)
+
+        return _Entry(
+            ref_id=ref_id,
+            image_path=str(img_base / image),  # an absolute `image` replaces the base
+            sentences=tuple(enumerate(texts)),
+            dataset=self.path.stem,
+            expected_hw=tuple(value["size"]) if kind == "rle" else None,
+            mask_spec=(lineno,) + spec,
+        )
+
+    def _load_mask(self, entry: _Entry, height: int, width: int) -> np.ndarray:
+        lineno, kind, value = entry.mask_spec
+        if kind == "mask":
+            return _read_mask_png(Path(value))
+        try:
+            return segmentation_to_mask(value, height, width, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}:{lineno}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return (
+            f"JsonlSegDataset(path={str(self.path)!r}, mode={self.mode!r}, records={self.num_refs}, "
+            f"items={len(self)}, input_size={self.input_size}, word_len={self.word_len})"
+        )
+
+
+# --------------------------------------------------------------------------------------------- collate
+
+_STACKED = ("image", "tokens", "mask", "orig_size", "inverse")
+
+
+def collate(batch: Sequence[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+    """Batch items from these datasets (use as ``DataLoader(..., collate_fn=collate)``).
+
+    Stacks ``image (N,3,S,S)``, ``tokens (N,L)``, ``mask (N,1,S,S)``, ``orig_size (N,2)`` and
+    ``inverse (N,2,3)``; keeps ``mask_orig`` (sizes differ) and the metadata as lists. Skipped items
+    (markers from ``skip_bad=True``, or ``None``) are dropped and their paths listed in
+    ``batch["skipped"]``. Returns ``None`` when every item of the batch was skipped.
+    """
+    good: List[Dict[str, Any]] = []
+    skipped: List[str] = []
+    for item in batch:
+        if item is None:
+            continue
+        if "image" not in item:
+            skipped.append(item.get("skipped", "<unknown>"))
+            continue
+        good.append(item)
+    if not good:
+        return None
+    out: Dict[str, Any] = {}
+    for key in good[0]:
+        values = [it[key] for it in good]
+        out[key] = torch.stack(values) if key in _STACKED else values
+    out["skipped"] = skipped
+    return out

@@ -1,0 +1,101 @@
+"""Official DETRIS test-time post-processing: logits -> probability map -> binary mask in the original image.
+
+The sequence reproduced here is the one of the official ``engine/engine.py`` (``inference`` and
+``validate``), in this order:
+
+1. ``sigmoid`` on the raw logits ``(N, 1, h, w)`` (the official evaluation runs in float32, without
+   autocast, so we compute in float32 whatever dtype the model produced);
+2. bicubic interpolation with ``align_corners=True`` of the *probabilities* (not the logits) to the
+   model input size -- skipped when the map already has that size;
+3. per sample, ``cv2.warpAffine`` of the float32 map with the inverse letterbox matrix to the original
+   ``(h, w)``, bicubic, border value 0 (values may overshoot [0, 1]; they are not clipped);
+4. threshold with a strict comparison: ``prob > 0.35``.
+
+(The training-time monitor of the official code, ``trainMetricGPU``, uses ``>= 0.35`` on the
+128x128 map instead; see :func:`detris.metrics.train_batch_metrics`.)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from detris.data.transforms import inverse_warp
+
+__all__ = ["DEFAULT_THRESHOLD", "logits_to_probability", "binarize"]
+
+#: Probability threshold of the official evaluation (compared with ``>``).
+DEFAULT_THRESHOLD: float = 0.35
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+def _as_numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+@torch.no_grad()
+def logits_to_probability(
+    logits: torch.Tensor,
+    input_hw: Sequence[int],
+    inverses: Union[Sequence[ArrayLike], ArrayLike],
+    orig_sizes: Union[Sequence[Sequence[int]], ArrayLike],
+) -> list[np.ndarray]:
+    """Turn model logits into probability maps over the original images.
+
+    Args:
+        logits: ``(N, 1, h, w)`` raw model output (any float dtype, any device).
+        input_hw: ``(H, W)`` of the model input the logits belong to (e.g. ``(448, 448)``).
+        inverses: ``N`` inverse letterbox matrices, each ``(2, 3)`` (list or ``(N, 2, 3)`` array/tensor).
+        orig_sizes: ``N`` original sizes ``(h_i, w_i)`` (list or ``(N, 2)`` array/tensor).
+
+    Returns:
+        list of ``N`` float32 arrays, the i-th of shape ``(h_i, w_i)``; threshold with :func:`binarize`.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.ndim != 4 or logits.shape[1] != 1:
+        raise ValueError(
+            f"logits must have shape (N, 1, h, w), got {tuple(logits.shape)}; "
+            "add the channel axis with logits.unsqueeze(1) if it is missing"
+        )
+    in_h, in_w = (int(v) for v in input_hw)
+    n = logits.shape[0]
+    inverses_np = [np.asarray(_as_numpy(m), dtype=np.float64) for m in inverses]
+    sizes_np = [tuple(int(v) for v in _as_numpy(s).reshape(-1)) for s in orig_sizes]
+    if len(inverses_np) != n or len(sizes_np) != n:
+        raise ValueError(
+            f"got {n} logit maps but {len(inverses_np)} inverse matrices and {len(sizes_np)} sizes; "
+            "pass one of each per sample"
+        )
+    # Sigmoid first, then interpolate the probabilities: the order changes the result because
+    # bicubic interpolation overshoots and sigmoid is non-linear.
+    prob = torch.sigmoid(logits.detach().to(torch.float32))
+    if tuple(prob.shape[-2:]) != (in_h, in_w):
+        prob = F.interpolate(prob, size=(in_h, in_w), mode="bicubic", align_corners=True)
+    prob_np = prob[:, 0].cpu().numpy()
+    out = []
+    for i in range(n):
+        if len(sizes_np[i]) != 2:
+            raise ValueError(f"orig_sizes[{i}] must be (h, w), got {sizes_np[i]}")
+        h, w = sizes_np[i]
+        out.append(inverse_warp(prob_np[i], inverses_np[i], h, w))
+    return out
+
+
+def binarize(prob: ArrayLike, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Binary mask from a probability map: ``prob > threshold`` (strict, as the official evaluation).
+
+    Args:
+        prob: probability map of any shape (numpy array or tensor).
+        threshold: probability threshold, 0.35 in the official protocol.
+
+    Returns:
+        bool numpy array of the same shape.
+    """
+    return np.asarray(_as_numpy(prob) > threshold, dtype=bool)
