@@ -54,6 +54,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval_command
+
+    return run_eval_command(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .engine.cli import run_train_command
+
+    return run_train_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detris", description="DETRIS referring image segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--word-len", type=int, default=None, help="token length (22 for RefCOCOg-umd models)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_convert_official)
+
+    p = sub.add_parser("eval", help="evaluate on a REFER dataset with the official protocol")
+    p.add_argument("--model", required=True, help="model directory (save_pretrained) or Hub id")
+    p.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog_umd, refcocog_google")
+    p.add_argument("--split", required=True, help="val, testA, testB, test")
+    p.add_argument("--data-root", required=True, help="folder holding refcoco/, refcoco+/, refcocog/")
+    p.add_argument("--image-root", required=True, help="folder holding the COCO train2014 images")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--save-predictions", default=None, help="folder for <ref_id>_<sent_id>.png masks")
+    p.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("train", help="train from a YAML config")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set train.epochs=2 (repeatable)")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from ('auto': the run's last one)")
+    p.add_argument("--save-full", action="store_true", help="save every weight, not only the trained ones")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="synthetic end-to-end demo on CPU")
     p.add_argument("--out", default="runs/demo", help="output directory")
