@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -382,8 +383,10 @@ def _optimizer_and_scheduler_state(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(milestones), gamma=gamma, last_epoch=-1
     )
-    for _ in range(epoch):
-        scheduler.step()
+    with warnings.catch_warnings():  # no optimizer.step() here: silence torch's order warning
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(epoch):
+            scheduler.step()
     opt_state = optimizer.state_dict()
     if optimizer_state:
         for index, key in enumerate(backbone + head):
