@@ -159,17 +159,21 @@ def _our_text() -> CLIPTextTransformer:
     return CLIPTextTransformer(width=DIM, depth=DEPTH, num_heads=HEADS, embed_dim=32).eval()
 
 
-def test_clip_text_matches_transformers_from_hf_weights():
-    hf = _hf_clip_text()
-    ours = _our_text()
-    sd = read_clip_text_weights(hf.state_dict(), round_fp16=False)
-    load_strict(ours, sd, what="converted transformers CLIP", skip_missing=["logit_scale"])
+def _assert_same_text_outputs(hf, ours) -> None:
     tokens = _tokens()
     with torch.no_grad():
         out = hf(input_ids=tokens)
         words, sentence = ours(tokens)
     assert (words - out.last_hidden_state).abs().max() < 1e-4
     assert (sentence - out.text_embeds).abs().max() < 1e-4
+
+
+def test_clip_text_matches_transformers_from_hf_weights():
+    hf = _hf_clip_text()
+    ours = _our_text()
+    sd = read_clip_text_weights(hf.state_dict(), round_fp16=False)
+    load_strict(ours, sd, what="converted transformers CLIP", skip_missing=["logit_scale"])
+    _assert_same_text_outputs(hf, ours)
 
 
 def test_clip_text_matches_transformers_from_our_weights():
@@ -177,12 +181,7 @@ def test_clip_text_matches_transformers_from_our_weights():
     _randomize(ours, 6)
     hf = _hf_clip_text()
     hf.load_state_dict(clip_text_to_transformers(ours.state_dict()), strict=True)
-    tokens = _tokens()
-    with torch.no_grad():
-        out = hf(input_ids=tokens)
-        words, sentence = ours(tokens)
-    assert (words - out.last_hidden_state).abs().max() < 1e-4
-    assert (sentence - out.text_embeds).abs().max() < 1e-4
+    _assert_same_text_outputs(hf, ours)
 
 
 def test_clip_round_trip_through_transformers_names_is_lossless():
