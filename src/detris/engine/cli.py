@@ -1,0 +1,30 @@
+"""``detris train CONFIG [--set key=value ...] [--resume CKPT|auto] [--save-full]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import load_config
+
+__all__ = ["run_train_command"]
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """Load and validate the config, then train; a diverged run exits with status 3."""
+    from .loop import TrainingDiverged, train
+
+    cfg = load_config(args.config, list(args.overrides or []))
+    if getattr(args, "save_full", False):
+        cfg.output.save_full = True
+    try:
+        summary = train(cfg, resume=args.resume)
+    except TrainingDiverged as err:
+        print(f"detris train: {err}", file=sys.stderr)
+        return 3
+    if summary.get("best", {}).get("epoch") is not None or summary.get("last_val"):
+        print(f"detris train: done ({summary['stop_reason']}, {summary['global_step']} steps); "
+              f"last val {summary['last_val']}; best {summary['best']}; outputs in {summary['run_dir']}")
+    else:
+        print(f"detris train: done ({summary['stop_reason']}, {summary['global_step']} steps); outputs in {summary['run_dir']}")
+    return 0

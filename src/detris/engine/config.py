@@ -1,0 +1,283 @@
+"""Training configuration: typed dataclasses read from YAML, validated before anything runs.
+
+A config file has four sections, ``model``, ``data``, ``train`` and ``output`` (see ``configs/``).
+Every key is checked: an unknown key or a value of the wrong type raises `ConfigError` naming the key
+and its section. ``--set section.key=value`` overrides are parsed with YAML typing (``2`` is an int,
+``1e-4`` a float, ``[35, 55]`` a list, ``null`` None, ``true`` a bool).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "SyntheticDataConfig",
+    "DataConfig",
+    "TrainConfig",
+    "OutputConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+]
+
+#: Dataset names a config may name (``mixed`` = the official RefCOCO + RefCOCO+ + RefCOCOg-umd set).
+DATASETS = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google", "refcoco_google", "mixed", "synthetic")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and its section."""
+
+
+@dataclass
+class ModelConfig:
+    """What to build: a named variant, optional backbone files, variant field overrides."""
+
+    variant: str = "detris-b"
+    dinov2_weights: Optional[str] = None  # official dinov2_vit{b,l}14_reg4_pretrain.pth
+    clip_weights: Optional[str] = None  # OpenAI ViT-B-16.pt
+    overrides: dict = field(default_factory=dict)  # DetrisConfig fields, e.g. {word_len: 22}
+    grad_checkpointing: bool = False
+    # Official ``sync_bn: True``: BatchNorm statistics over the global batch under DDP. SyncBatchNorm
+    # exists only for GPUs; on CPU (gloo) each process normalises its own micro-batch.
+    sync_bn: bool = True
+
+
+@dataclass
+class SyntheticDataConfig:
+    """Procedural scenes written into ``<output.dir>/data`` in the REFER layout (dataset ``synthetic``)."""
+
+    train_images: int = 400
+    val_images: int = 50
+    image_size: list = field(default_factory=lambda: [256, 256])  # (height, width)
+    min_objects: int = 2
+    max_objects: int = 5
+    max_expressions: int = 3
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is read."""
+
+    dataset: str = "refcoco"
+    data_root: Optional[str] = None  # folder holding refcoco/, refcoco+/, refcocog/
+    image_root: Optional[str] = None  # COCO train2014 images
+    train_split: str = "train"
+    val_split: str = "val"  # refcoco+ validates on testB upstream
+    input_size: Optional[int] = None  # default: the variant's image_size (448)
+    num_workers: int = 0
+    skip_bad: bool = False
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. ``batch_size`` is global: world size x micro_batch_size x accumulation steps."""
+
+    epochs: int = 65
+    milestones: list = field(default_factory=lambda: [35, 55])
+    lr: float = 1e-4
+    lr_decay: float = 0.1  # MultiStepLR gamma
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    micro_batch_size: Optional[int] = None  # per process and forward pass; default batch_size / world
+    val_batch_size: int = 16
+    max_norm: float = 0.0  # gradient clipping; 0 = off (official)
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + GradScaler, GPU)
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke tests, demos)
+    max_minutes: Optional[float] = None  # stop (and save) after this much wall time
+    save_every_steps: int = 0  # also checkpoint every N optimizer steps mid-epoch (0 = epoch ends only)
+    evaluate: bool = True  # validate after every epoch
+    val_max_items: Optional[int] = None  # validate on the first N items only
+    log_every_steps: int = 10
+
+
+@dataclass
+class OutputConfig:
+    """Where results go."""
+
+    dir: str = "runs/detris"
+    save_full: bool = False  # checkpoints hold every weight instead of the trained ones
+    tensorboard: bool = True  # used when tensorboard is installed
+    plot: bool = True  # loss / mIoU curve PNG at the end (needs matplotlib)
+    progress: bool = True  # tqdm bar
+
+
+@dataclass
+class RunConfig:
+    """A whole training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> "RunConfig":
+        """Value checks that types cannot express; raise `ConfigError` naming the key."""
+        d, t = self.data, self.train
+        if d.dataset not in DATASETS:
+            raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; choose one of {list(DATASETS)}")
+        if t.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision: {t.precision!r} is not one of {list(PRECISIONS)}")
+        if t.device not in ("auto", "cpu") and not t.device.startswith("cuda"):
+            raise ConfigError(f"train.device: {t.device!r}; use auto, cpu, cuda or cuda:N")
+        for key in ("epochs", "batch_size", "val_batch_size", "log_every_steps"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+        if t.micro_batch_size is not None and t.micro_batch_size < 1:
+            raise ConfigError(f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
+        if t.save_every_steps < 0:
+            raise ConfigError(f"train.save_every_steps must be >= 0, got {t.save_every_steps}")
+        if t.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+        if not all(isinstance(m, int) and m > 0 for m in t.milestones) or list(t.milestones) != sorted(t.milestones):
+            raise ConfigError(f"train.milestones must be increasing positive epochs, got {t.milestones}")
+        if d.dataset != "synthetic" and d.data_root is None:
+            raise ConfigError(f"data.data_root is required for dataset {d.dataset!r}")
+        if d.dataset != "synthetic" and d.image_root is None:
+            raise ConfigError(f"data.image_root (the COCO train2014 folder) is required for dataset {d.dataset!r}")
+        size = d.synthetic.image_size
+        if len(size) != 2 or not all(isinstance(s, int) and s >= 64 for s in size):
+            raise ConfigError(f"data.synthetic.image_size must be [height, width] >= 64, got {size}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ typing
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is list or origin is list:
+        return isinstance(value, (list, tuple))
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _build(cls: type, data: Any, section: str) -> Any:
+    where = section or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"section {where!r} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} in section {where!r}"
+            + (f" (also {unknown[1:]})" if len(unknown) > 1 else "")
+            + f"; known keys: {names}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name in names:
+        if name not in data:
+            continue
+        value, ann = data[name], hints[name]
+        key = f"{section}.{name}" if section else name
+        if dataclasses.is_dataclass(ann):
+            kwargs[name] = _build(ann, value, key)
+            continue
+        if isinstance(value, str) and not _type_ok(value, ann) and _type_ok(1.0, ann):
+            # YAML 1.1 reads ``1e-4`` (no dot) as a string; accept it where a float is expected.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not _type_ok(value, ann):
+            raise ConfigError(
+                f"key {name!r} in section {where!r} must be {_type_name(ann)}, got {value!r} ({type(value).__name__})"
+            )
+        if ann is float or (typing.get_origin(ann) in (Union, types.UnionType) and float in typing.get_args(ann)):
+            value = float(value) if isinstance(value, int) else value
+        kwargs[name] = list(value) if isinstance(value, tuple) else value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build and validate a `RunConfig` from plain data (what YAML gives)."""
+    return _build(RunConfig, data, "").validate()
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """Plain, YAML/JSON-serialisable copy of ``cfg``."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings to plain config data; values are parsed as YAML."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        path, raw = item.split("=", 1)
+        parts = [p for p in path.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} has no key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from err
+        node = data
+        for k in parts[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config, apply ``--set`` overrides, validate. Raises `ConfigError` / FileNotFoundError."""
+    try:
+        import yaml
+    except ImportError as err:  # pragma: no cover - pyyaml is in the train extra
+        raise ConfigError("reading configs needs pyyaml: pip install 'detris[train]'") from err
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with model/data/train/output sections")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,0 +1,226 @@
+"""Training engine: config validation, exact resume after SIGKILL, DDP equivalence, divergence stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("yaml")
+
+from detris.engine.config import ConfigError, load_config  # noqa: E402
+from detris.engine.distributed import GlobalBatchSampler  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# A few-second run: 56 px inputs (4x4 patch grid), a handful of 64 px scenes.
+TINY = [
+    "model.overrides={image_size: 56}",
+    "data.synthetic.train_images=8",
+    "data.synthetic.val_images=2",
+    "data.synthetic.image_size=[64, 64]",
+    "data.synthetic.max_objects=3",
+    "train.batch_size=4",
+    "train.micro_batch_size=2",
+    "train.lr=1e-3",
+    "train.milestones=[2]",
+    "output.progress=false",
+    "output.plot=false",
+]
+
+
+def _run_train(run_dir: Path, extra: list[str], resume: str | None = None, wait: bool = True):
+    cmd = [sys.executable, "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + [f"output.dir={run_dir}"] + extra:
+        cmd += ["--set", item]
+    if resume:
+        cmd += ["--resume", resume]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["weights"]
+
+
+# ------------------------------------------------------------------------------------------ config
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.train.lr > 0 and cfg.train.batch_size >= 1
+    if cfg.data.dataset != "synthetic":
+        assert cfg.train.batch_size == 32 and cfg.train.lr == 1e-4 and cfg.train.weight_decay == 0.0
+        assert cfg.train.lr_decay == 0.1
+
+
+def test_official_settings():
+    assert load_config(CONFIGS / "refcocog-umd-detris-b.yaml").model.overrides == {"word_len": 22}
+    assert load_config(CONFIGS / "refcoco+-detris-b.yaml").data.val_split == "testB"
+    b = load_config(CONFIGS / "refcoco-detris-b.yaml").train
+    assert (b.epochs, b.milestones) == (65, [35, 55])
+    l = load_config(CONFIGS / "refcoco-detris-l.yaml").train
+    assert (l.epochs, l.milestones) == (50, [35])
+    assert load_config(CONFIGS / "mixed-detris-l-mixed.yaml").model.variant == "detris-l-mixed"
+
+
+def test_unknown_and_mistyped_keys_are_named(tmp_path):
+    cfg = CONFIGS / "synthetic-tiny.yaml"
+    with pytest.raises(ConfigError, match=r"unknown key 'lrr' in section 'train'"):
+        load_config(cfg, ["train.lrr=1"])
+    with pytest.raises(ConfigError, match=r"key 'epochs' in section 'train' must be int"):
+        load_config(cfg, ["train.epochs=two"])
+    with pytest.raises(ConfigError, match=r"unknown key 'colour' in section 'data.synthetic'"):
+        load_config(cfg, ["data.synthetic.colour=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {variant: detris-tiny}\ntrian: {epochs: 1}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'trian' in section 'top level'"):
+        load_config(bad)
+
+
+def test_overrides_use_yaml_typing():
+    cfg = load_config(CONFIGS / "synthetic-tiny.yaml", ["train.lr=2e-4", "train.milestones=[1, 3]",
+                                                       "train.max_steps=null", "train.evaluate=false"])
+    assert cfg.train.lr == 2e-4 and cfg.train.milestones == [1, 3]
+    assert cfg.train.max_steps is None and cfg.train.evaluate is False
+
+
+def test_errors_before_training(tmp_path):
+    from detris.engine.loop import train
+
+    cfg = load_config(CONFIGS / "refcoco-detris-b.yaml", [f"output.dir={tmp_path / 'run'}"])
+    with pytest.raises(FileNotFoundError, match="model.dinov2_weights"):
+        train(cfg)
+    no_weights = ["model.dinov2_weights=null", "model.clip_weights=null"]
+    cfg = load_config(CONFIGS / "refcoco-detris-b.yaml", no_weights + [f"data.data_root={tmp_path / 'nothing'}",
+                                                                     f"output.dir={tmp_path / 'run'}"])
+    with pytest.raises(FileNotFoundError, match="data_root"):
+        train(cfg)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = load_config(CONFIGS / "refcoco-detris-b.yaml", no_weights + [f"data.data_root={empty}", f"data.image_root={empty}",
+                                                        f"output.dir={tmp_path / 'run'}"])
+    with pytest.raises(FileNotFoundError, match="refs"):
+        train(cfg)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = load_config(CONFIGS / "synthetic-tiny.yaml", [f"output.dir={blocker / 'run'}"])
+    with pytest.raises(ValueError, match="not writable"):
+        train(cfg)
+
+
+# ------------------------------------------------------------------------------------------ sampler
+def test_global_batches_do_not_depend_on_the_split():
+    one = GlobalBatchSampler(50, micro_batch=4, accum=2, world_size=1, seed=3)
+    two = [GlobalBatchSampler(50, micro_batch=4, accum=1, world_size=2, rank=r, seed=3) for r in range(2)]
+    a = list(one)
+    b0, b1 = list(two[0]), list(two[1])
+    for step in range(one.steps_per_epoch):
+        assert a[2 * step] + a[2 * step + 1] == b0[step] + b1[step]
+    one.set_epoch(0, start_step=2)
+    assert list(one) == a[4:]
+
+
+# ------------------------------------------------------------------------------------------ resume
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    common = ["train.epochs=3", "train.evaluate=false", "train.save_every_steps=1"]
+    ref = _run_train(tmp_path / "ref", common)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    proc = _run_train(run, common, wait=False)
+    status = run / "checkpoints" / "last.json"
+    killed_at = None
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        if status.is_file():
+            info = json.loads(status.read_text())
+            if info["global_step"] >= 3 and info["step_in_epoch"] > 0:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = info
+                break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    assert killed_at is not None, "the run finished before it could be killed mid-epoch"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "summary.json").exists()
+
+    resumed = _run_train(run, common, resume="auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "ref"), _weights(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(l)["global_step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == json.loads((tmp_path / "ref" / "summary.json").read_text())["global_step"]
+
+
+def test_non_finite_loss_stops_with_step(tmp_path, monkeypatch):
+    import detris.modeling.detris as mod
+    from detris.engine.loop import TrainingDiverged, train
+
+    calls = {"n": 0}
+    real = mod.segmentation_loss
+
+    def poisoned(logits, mask):
+        calls["n"] += 1
+        loss = real(logits, mask)
+        return loss * float("nan") if calls["n"] > 4 else loss  # 2 micro-batches per step: step 3 fails
+
+    monkeypatch.setattr(mod, "segmentation_loss", poisoned)
+    cfg = load_config(CONFIGS / "synthetic-tiny.yaml",
+                      TINY + [f"output.dir={tmp_path}", "train.save_every_steps=1", "train.evaluate=false"])
+    with pytest.raises(TrainingDiverged, match=r"optimizer step 3 .*last\.pt"):
+        train(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["weights"].values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------------------------ DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    """2 processes x micro-batch 2 == 1 process x 2 micro-batches of 2 (global batch 4).
+
+    On CPU there is no SyncBatchNorm, so each DDP process normalises its own 2 items. The valid
+    single-process reference is therefore the same global batch as two accumulated micro-batches of
+    the same 2 items each (the sampler hands out identical blocks), which gives the same per-block BN
+    statistics and the same averaged gradient. Dropout is 0 so both runs see identical activations.
+    """
+    common = ["train.epochs=1", "train.max_steps=3", "train.evaluate=false", "train.batch_size=4",
+              "train.micro_batch_size=2", "model.overrides={image_size: 56, decoder_dropout: 0.0}",
+              "output.tensorboard=false"]
+    single = _run_train(tmp_path / "one", common)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + [f"output.dir={tmp_path / 'two'}"] + common:
+        cmd += ["--set", item]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def losses(d):
+        return [json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    params = [k for k in a if "running_" not in k and "num_batches" not in k]
+    for k in params:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
