@@ -50,7 +50,7 @@ def _cmd_convert_official(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out_dir=Path(args.out), seed=args.seed)
+    run_demo(out_dir=Path(args.out), seed=args.seed, minutes=args.minutes)
     return 0
 
 
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic end-to-end demo on CPU")
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     p.set_defaults(func=_cmd_demo)
     return parser
 
