@@ -1,0 +1,532 @@
+"""Evaluation with the official DETRIS test protocol (``detris eval`` and the Python API).
+
+What one expression goes through (DESIGN.md §5, official ``engine/engine.py: inference``):
+
+1. the dataset item (test mode: every sentence of every ref): letterboxed image ``(3, S, S)``, tokens
+   ``(L,)``, the inverse letterbox matrix, the original size and the original-size ground truth;
+2. the model forward in eval mode under ``torch.inference_mode`` in float32 -> logits ``(1, 1, h, w)``;
+3. `detris.postprocess.logits_to_probability`: sigmoid, bicubic (``align_corners=True``) to ``S``,
+   inverse affine (cubic, border 0) to the original ``(H, W)``;
+4. `detris.postprocess.binarize`: ``prob > 0.35``;
+5. `detris.metrics.SegmentationMeter`: ``IoU = I / (U + 1e-6)`` per expression, mIoU, oIoU
+   (``sum I / sum U``) and Pr@50..90 (share of IoUs strictly above the threshold).
+
+Batch size and exactness: a convolution or a matrix product over a batch of 8 does not round exactly
+like the same op over one sample (CPU oneDNN/MKL and cuDNN/cuBLAS pick kernels by shape), so logits of
+a batched forward differ from a batch-1 forward in the last bits (about 1e-5 for DETRIS-tiny on CPU),
+which can flip a pixel whose probability lies at the 0.35 threshold. By default (``batch_invariant=True``)
+`evaluate` therefore loads, collates and transfers data in batches of ``batch_size`` but runs the model
+on one sample at a time -- exactly what the official test loop does (its test loader has batch size 1) --
+so the numbers and the saved masks do not depend on ``batch_size`` or ``workers``. ``batch_invariant=False``
+runs one forward per batch: faster on a GPU, with results that may differ from batch 1 by a few
+threshold pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data.datasets import collate
+from .data.images import ImageLoadError
+from .metrics import PR_KEYS, SegmentationMeter, intersection_union
+from .postprocess import DEFAULT_THRESHOLD, binarize, logits_to_probability
+
+__all__ = ["EVAL_DATASETS", "evaluate", "format_table", "resolve_device", "run_eval_command"]
+
+PathLike = Union[str, os.PathLike]
+
+#: Dataset names `run_eval_command` advertises (any name of `detris.data.refer.DATASETS` works).
+EVAL_DATASETS: Tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google")
+#: Metric keys in table/JSON order.
+METRIC_KEYS: Tuple[str, ...] = ("mIoU", "oIoU", *PR_KEYS)
+PREDICTIONS_JSONL = "predictions.jsonl"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def resolve_device(device: Union[None, str, torch.device]) -> torch.device:
+    """``None`` -> ``cuda`` when available, else ``cpu``; a CUDA device that is not there is an error.
+
+    Raises:
+        ValueError: the string is not a device name, or names a CUDA device this machine lacks.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {device!r} (use cpu, cuda or cuda:N): {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return dev
+
+
+def _eval_collate(batch: Sequence[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
+    """`detris.data.collate` that never returns ``None`` and keeps the skip reasons.
+
+    `collate` returns ``None`` for a batch whose items were all skipped, which would lose their paths;
+    here such a batch is ``{"skipped": [...], "skip_reasons": [...]}`` without ``image``.
+    Module-level so that DataLoader workers can pickle it.
+    """
+    markers = [it for it in batch if it is not None and "image" not in it]
+    out = collate(batch)
+    if out is None:
+        out = {"skipped": [m.get("skipped", "<unknown>") for m in markers]}
+    out["skip_reasons"] = [str(m.get("reason", "")) for m in markers]
+    return out
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def _plain(value: Any) -> Any:
+    """numpy / torch scalars -> Python scalars, so ids serialise to JSON and format into names."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    """Recursively replace NaN/inf (not valid JSON) by ``None`` and numpy scalars by Python ones."""
+    value = _plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class _PredictionWriter:
+    """Writes ``<ref_id>_<sent_id>.png`` (0/255, original size) and ``predictions.jsonl`` as results come.
+
+    A file name is made of the ids with characters outside ``[A-Za-z0-9._+-]`` replaced by ``_``. Ids
+    repeat across the parts of a mixed dataset: a name already written in this run gets the item's
+    dataset as a prefix (and, should that collide too, its running index); the ``mask`` field of each
+    JSONL record names the file actually written.
+    """
+
+    def __init__(self, directory: PathLike) -> None:
+        self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise FileExistsError(f"--save-predictions: {self.directory} exists and is not a folder")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._names: Set[str] = set()
+        # Line-buffered text: every record reaches the file as soon as it is written, so an
+        # interrupted run keeps what it has scored.
+        self._jsonl: IO[str] = open(self.directory / PREDICTIONS_JSONL, "w", encoding="utf-8", buffering=1)
+        self.count = 0
+
+    def _name(self, ref_id: Any, sent_id: Any, dataset: Any) -> str:
+        base = _UNSAFE_NAME.sub("_", f"{ref_id}_{sent_id}")
+        for candidate in (base, _UNSAFE_NAME.sub("_", f"{dataset}_{base}"), f"{base}_{self.count}"):
+            if candidate not in self._names:
+                self._names.add(candidate)
+                return candidate + ".png"
+        raise AssertionError("unreachable: the running index makes the last name unique")
+
+    def write(self, pred: np.ndarray, record: Dict[str, Any]) -> str:
+        """Save ``pred`` (bool ``(H, W)``) and append ``record`` (+ the file name) to the JSONL file."""
+        name = self._name(record["ref_id"], record["sent_id"], record.get("dataset", ""))
+        path = self.directory / name
+        if not cv2.imwrite(str(path), pred.astype(np.uint8) * 255):
+            raise OSError(f"could not write the prediction mask {path}")
+        self._jsonl.write(json.dumps(_json_safe({**record, "mask": name}), ensure_ascii=False) + "\n")
+        self.count += 1
+        return name
+
+    def close(self) -> None:
+        self._jsonl.close()
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+@torch.inference_mode()
+def _forward(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, batch_invariant: bool) -> torch.Tensor:
+    """``images (N, 3, S, S)``, ``tokens (N, L)`` -> logits ``(N, 1, h, w)`` (float32 on the device)."""
+    if batch_invariant:
+        # One sample per call: the rounding of every op is then that of the official batch-1 loop.
+        logits = torch.cat([model(images[i : i + 1], tokens[i : i + 1]) for i in range(images.shape[0])])
+    else:
+        logits = model(images, tokens)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or logits.shape[:2] != (images.shape[0], 1):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model returned {shape}; expected logits of shape (N={images.shape[0]}, 1, h, w)")
+    return logits
+
+
+def _batches(loader: DataLoader) -> Iterator[Dict[str, Any]]:
+    """Iterate a DataLoader, turning a worker's wrapped `ImageLoadError` back into its one-line message.
+
+    A DataLoader worker re-raises an item's exception in the main process with the worker's whole
+    traceback as the message; for an unreadable image the last line (which names the file) is all the
+    user needs.
+    """
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ImageLoadError as exc:
+            text = str(exc).strip()
+            if text.startswith("Caught ") and "Original Traceback" in text:
+                last = text.splitlines()[-1]
+                # "detris.data.images.ImageLoadError: <message>" -> "<message>"
+                raise type(exc)(last.split(": ", 1)[1] if ": " in last else last) from None
+            raise
+        yield batch
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 8,
+    device: Union[None, str, torch.device] = None,
+    workers: int = 0,
+    save_predictions: Optional[PathLike] = None,
+    progress: bool = True,
+    batch_invariant: bool = True,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Dict[str, Any]:
+    """Score a model on a dataset with the official protocol (see the module docstring).
+
+    Args:
+        model: a DETRIS model (``forward(images (N,3,S,S), tokens (N,L)) -> logits (N,1,h,w)``). It is
+            moved to ``device`` and put in eval mode; its train/eval mode is restored afterwards.
+        dataset: a `ReferSegDataset` / `JsonlSegDataset` / `MixedReferDataset` in ``test`` mode (every
+            sentence; ``val`` mode -- first sentence per ref -- works too). Items must carry
+            ``mask_orig``, ``inverse`` and ``orig_size``; with ``skip_bad=True`` unreadable images are
+            skipped and reported.
+        batch_size: items per DataLoader batch.
+        device: ``cpu``, ``cuda``, ``cuda:N``; default CUDA when available.
+        workers: DataLoader worker processes (0 = load in this process).
+        save_predictions: folder for one ``<ref_id>_<sent_id>.png`` per expression (uint8 0/255 at the
+            original image size) and ``predictions.jsonl`` (one record per expression: ``ref_id,
+            sent_id, sentence, iou, intersection, union, dataset, image, mask``), written as it goes.
+        progress: show a tqdm bar (on stderr).
+        batch_invariant: run the model one sample at a time so that results do not depend on
+            ``batch_size`` (default, official batch-1 numerics); ``False`` runs one forward per batch.
+        threshold: probability threshold (official 0.35, compared with ``>``).
+
+    Returns:
+        ``{"mIoU", "oIoU", "Pr@50", ..., "Pr@90"}`` as fractions in [0, 1] (NaN when nothing was
+        scored), ``"expressions"`` (scored), ``"total_expressions"`` (``len(dataset)``),
+        ``"inter_sum"``, ``"union_sum"``, ``"skipped"`` (unique unreadable image paths, in order),
+        ``"skip_reasons"`` ({path: message}), ``"skipped_expressions"``, ``"batch_size"``, ``"device"``,
+        ``"batch_invariant"``, ``"seconds"`` and, when saving, ``"predictions"`` (the folder).
+
+    Raises:
+        ValueError: bad arguments, an empty dataset, train-mode items (no original-size mask), or an
+            unreadable image when the dataset was not built with ``skip_bad=True`` (the message names it).
+    """
+    from tqdm.auto import tqdm
+
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(workers) < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("the dataset is empty: nothing to evaluate")
+    mode = getattr(dataset, "mode", None)
+    if mode == "train":
+        raise ValueError(
+            "the dataset is in train mode (one random sentence, no original-size mask); build it with "
+            "mode='test' (every sentence, the official evaluation) or mode='val'"
+        )
+    dev = resolve_device(device)
+
+    loader = DataLoader(
+        dataset,
+        batch_size=int(batch_size),
+        shuffle=False,  # dataset order -> predictions.jsonl order does not depend on the batch size
+        num_workers=int(workers),
+        collate_fn=_eval_collate,
+        pin_memory=dev.type == "cuda",
+    )
+    writer = _PredictionWriter(save_predictions) if save_predictions is not None else None
+    meter = SegmentationMeter()
+    skipped: Dict[str, str] = {}  # path -> reason; a dict keeps first-seen order and de-duplicates
+    skipped_expressions = 0
+    was_training = model.training
+    model.to(dev).eval()
+    start = time.perf_counter()
+    bar = tqdm(total=len(dataset), unit="expr", desc="eval", disable=not progress, dynamic_ncols=True)  # type: ignore[arg-type]
+    try:
+        for batch in _batches(loader):
+            for path, reason in zip(batch["skipped"], batch["skip_reasons"]):
+                skipped_expressions += 1
+                if path not in skipped:
+                    skipped[path] = reason
+                    # Printed as it happens (through tqdm so the bar is not torn): a long run should
+                    # not hide a bad file until the end.
+                    tqdm.write(f"skipped unreadable image: {reason or path}", file=sys.stderr)
+            n_skipped = len(batch["skipped"])
+            if "image" not in batch:
+                bar.update(n_skipped)
+                continue
+            if "mask_orig" not in batch:
+                raise ValueError("dataset items lack 'mask_orig' (the original-size ground truth); use mode='test'")
+            images = batch["image"].to(dev, non_blocking=True)
+            tokens = batch["tokens"].to(dev, non_blocking=True)
+            logits = _forward(model, images, tokens, batch_invariant)
+            input_hw = tuple(images.shape[-2:])
+            for i in range(logits.shape[0]):
+                # Post-processing per sample: the same float ops whatever the batch holds.
+                prob = logits_to_probability(
+                    logits[i : i + 1], input_hw, batch["inverse"][i : i + 1], batch["orig_size"][i : i + 1]
+                )[0]
+                pred = binarize(prob, threshold)
+                # Pixel counts against the original-size ground truth (non-zero = object).
+                inter, union = intersection_union(pred, batch["mask_orig"][i])
+                iou = meter.add(inter, union)
+                if writer is not None:
+                    writer.write(
+                        pred,
+                        {
+                            "ref_id": _plain(batch["ref_id"][i]),
+                            "sent_id": _plain(batch["sent_id"][i]),
+                            "sentence": batch["sentence"][i],
+                            "iou": iou,
+                            "intersection": inter,
+                            "union": union,
+                            "dataset": batch["dataset"][i],
+                            "image": batch["image_path"][i],
+                        },
+                    )
+            bar.update(logits.shape[0] + n_skipped)
+            if meter.count:
+                bar.set_postfix(mIoU=f"{100 * meter.iou_sum / meter.count:.2f}", refresh=False)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        model.train(was_training)
+
+    summary = meter.summary()
+    result: Dict[str, Any] = {key: summary[key] for key in METRIC_KEYS}
+    result.update(
+        expressions=meter.count,
+        total_expressions=len(dataset),  # type: ignore[arg-type]
+        inter_sum=meter.inter_sum,
+        union_sum=meter.union_sum,
+        skipped=list(skipped),
+        skip_reasons=dict(skipped),
+        skipped_expressions=skipped_expressions,
+        batch_size=int(batch_size),
+        device=str(dev),
+        batch_invariant=bool(batch_invariant),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    if writer is not None:
+        result["predictions"] = str(writer.directory)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """Rows ``{"split", "expressions", "mIoU", ...}`` (fractions) -> a text table in percent, 2 decimals."""
+    header = f"{'split':<10}{'expressions':>12}" + "".join(f"{k:>8}" for k in METRIC_KEYS)
+    lines = [header]
+    for row in rows:
+        cells = []
+        for key in METRIC_KEYS:
+            v = row.get(key)
+            cells.append(f"{'n/a':>8}" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:>8.2f}")
+        lines.append(f"{str(row['split']):<10}{int(row['expressions']):>12}" + "".join(cells))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _resolve_model_dir(name: str) -> Path:
+    """A local model directory, or a Hub id fetched to one. Errors say what a model directory holds."""
+    from .weights import CONFIG_NAME, WEIGHTS_NAME
+    from .weights import _resolve_model_dir as resolve_hub
+
+    expected = (
+        f"a folder written by save_pretrained or `detris convert-official`, holding {CONFIG_NAME} + "
+        f"{WEIGHTS_NAME}"
+    )
+    path = Path(name).expanduser()
+    if path.is_dir():
+        missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"--model {name}: the folder lacks {', '.join(missing)}; expected {expected}")
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"--model {name} is a file, not a model directory; expected {expected}")
+    if not _HUB_ID.fullmatch(name) or name.startswith((".", "~")):
+        raise FileNotFoundError(f"--model: model directory not found: {name}; expected {expected}")
+    try:
+        return resolve_hub(name)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, missing huggingface_hub: one message
+        raise FileNotFoundError(
+            f"--model {name}: no such local directory, and fetching it from the Hugging Face Hub failed "
+            f"({type(exc).__name__}: {exc}); expected {expected}"
+        ) from None
+
+
+def _read_config(directory: Path) -> Any:
+    """The model's `DetrisConfig` from ``config.json`` alone (no weights read)."""
+    from .variants import DetrisConfig
+    from .weights import CONFIG_NAME
+
+    path = directory / CONFIG_NAME
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "detris" or "config" not in meta:
+        raise ValueError(f"{path} is not a detris model config (no \"format\": \"detris\" / \"config\")")
+    return DetrisConfig.from_dict(meta["config"])
+
+
+def _check_images(dataset: Any, image_root: Path, skip_bad: bool) -> List[str]:
+    """Stat every image of the split before the model is loaded; returns the missing paths.
+
+    None found means ``--image-root`` is wrong: an error. Some missing is an error without
+    ``--skip-bad`` (they would stop the run midway), a warning with it.
+    """
+    paths = list(dict.fromkeys(e.image_path for e in dataset._entries))
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing and len(missing) == len(paths):
+        raise FileNotFoundError(
+            f"none of the {len(paths)} images of this split is under --image-root {image_root} "
+            f"(first expected: {missing[0]}); --image-root must be the folder the 'file_name' entries of "
+            f"instances.json are relative to (COCO train2014 for RefCOCO/+/g)"
+        )
+    if missing and not skip_bad:
+        shown = "\n  ".join(missing[:5]) + ("\n  ..." if len(missing) > 5 else "")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} images of this split are missing under --image-root "
+            f"{image_root}:\n  {shown}\npass --skip-bad to evaluate without them"
+        )
+    return missing
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    """``detris eval``: load a model and a REFER split, evaluate, print a table, optionally write JSON.
+
+    Every check that can fail on user input (device, model folder, data layout, split, image root)
+    runs before the weights are loaded and before any image is decoded.
+
+    Args:
+        args: ``model, dataset, split, data_root, image_root, batch_size, workers, device,
+            save_predictions, json, skip_bad`` (see ``detris eval --help``).
+
+    Returns:
+        0 on success (errors are raised: ``FileNotFoundError`` / ``ValueError`` with a clear message).
+    """
+    from .data.datasets import ReferSegDataset
+    from .data.refer import DATASETS, load_refer
+    from .weights import from_pretrained
+
+    if int(args.batch_size) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if int(args.workers) < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.dataset not in DATASETS:
+        raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
+    device = resolve_device(args.device)
+    model_dir = _resolve_model_dir(str(args.model))
+    cfg = _read_config(model_dir)
+
+    # The REFER loader raises FileNotFoundError naming the missing file and showing the expected layout.
+    refer = load_refer(args.data_root, args.dataset)
+    refer.ref_ids(args.split)  # unknown split -> ValueError listing the available ones
+    image_root = Path(args.image_root)
+    if not image_root.is_dir():
+        raise FileNotFoundError(
+            f"--image-root {image_root} is not a folder; it must hold the images named by 'file_name' in "
+            f"{refer.instances_path} (COCO train2014 for RefCOCO/+/g)"
+        )
+    dataset = ReferSegDataset(
+        refer,
+        args.split,
+        mode="test",  # every sentence of every ref, as the official test loop
+        image_root=image_root,
+        input_size=cfg.image_size,
+        word_len=cfg.word_len,
+        skip_bad=bool(args.skip_bad),
+    )
+    missing = _check_images(dataset, image_root, bool(args.skip_bad))
+    if missing:
+        print(f"warning: {len(missing)} image(s) missing; they will be skipped", file=sys.stderr)
+
+    model = from_pretrained(model_dir)
+    print(
+        f"model {args.model} ({cfg.name}, input {cfg.image_size} px, word_len {cfg.word_len}) on {device}; "
+        f"{args.dataset} ({refer.split_by}) {args.split}: {dataset.num_refs} refs, {len(dataset)} expressions",
+        flush=True,
+    )
+    try:
+        result = evaluate(
+            model,
+            dataset,
+            batch_size=int(args.batch_size),
+            device=device,
+            workers=int(args.workers),
+            save_predictions=args.save_predictions,
+            progress=sys.stderr.isatty(),
+        )
+    except ImageLoadError as exc:
+        raise type(exc)(f"{exc}\n(pass --skip-bad to skip unreadable images and list them)") from None
+    row = {"split": args.split, **result}
+    print(format_table([row]))
+    if result["skipped"]:
+        print(
+            f"skipped {len(result['skipped'])} unreadable image(s) ({result['skipped_expressions']} expressions "
+            f"not scored):"
+        )
+        for path in result["skipped"]:
+            print(f"  {path}")
+    if args.save_predictions:
+        print(f"predictions: {args.save_predictions} ({result['expressions']} masks + {PREDICTIONS_JSONL})")
+    if args.json:
+        payload = {
+            "model": str(args.model),
+            "variant": cfg.name,
+            "dataset": args.dataset,
+            "split_by": refer.split_by,
+            "split": args.split,
+            "input_size": cfg.image_size,
+            "word_len": cfg.word_len,
+            "threshold": DEFAULT_THRESHOLD,
+            **result,
+            "percent": {k: round(100 * result[k], 2) for k in METRIC_KEYS},
+        }
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_json_safe(payload), indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {out}")
+    return 0
