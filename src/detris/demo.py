@@ -55,17 +55,6 @@ def write_overlays(model: torch.nn.Module, scenes: list[Scene], out_dir: Path, m
     return paths
 
 
-def _check_writable(out_dir: Path) -> None:
-    """Fail before any work if ``out_dir`` cannot be written."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"output directory {out_dir} is not writable ({err})") from err
-
-
 # The demo's settings (configs/synthetic-tiny.yaml is the same run for `detris train`); kept in code
 # because configs/ is not installed with the package.
 _DEMO = {
@@ -115,11 +104,11 @@ def run_demo(out_dir: Path = Path("runs/demo"), seed: int = 0, minutes: float = 
     from .data.datasets import ReferSegDataset
     from .data.refer import load_refer
     from .engine.config import config_from_dict
-    from .engine.loop import train
+    from .engine.loop import check_output_dir, train
     from .weights import from_pretrained
 
     out_dir = Path(out_dir)
-    _check_writable(out_dir)
+    check_output_dir(out_dir)
     spec = _merge(_DEMO, _QUICK) if quick else _DEMO
     spec = _merge(spec, {"train": {"seed": seed, "max_minutes": minutes},
                          "data": {"synthetic": {"seed": seed}},
