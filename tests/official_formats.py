@@ -191,34 +191,15 @@ class _ClipArchive(nn.Module):
         return x * self.logit_scale.exp()
 
 
-def write_clip_torchscript(
-    path: PathLike,
-    *,
-    embed_dim: int = 512,
-    image_resolution: int = 224,
-    vision_layers: int = 12,
-    vision_width: int = 768,
-    vision_patch_size: int = 16,
-    context_length: int = 77,
-    vocab_size: int = 49408,
-    text_width: int = 512,
-    text_heads: int = 8,
-    text_layers: int = 12,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float16,
-) -> OrderedDict[str, Tensor]:
-    """Write a TorchScript archive like OpenAI's ``ViT-B-16.pt``; returns its state dict.
+def write_clip_torchscript(path: PathLike, **kwargs: Any) -> OrderedDict[str, Tensor]:
+    """Write a TorchScript archive like OpenAI's ``ViT-B-16.pt`` (sizes as ``clip_state_dict``);
+    returns its state dict.
 
     ``torch.jit.load(path).state_dict()`` yields exactly the returned dict (names, shapes, dtypes,
     values), including the 0-dim int64 entries ``input_resolution``, ``context_length`` and
     ``vocab_size``.
     """
-    state = clip_state_dict(
-        embed_dim=embed_dim, image_resolution=image_resolution, vision_layers=vision_layers,
-        vision_width=vision_width, vision_patch_size=vision_patch_size,
-        context_length=context_length, vocab_size=vocab_size, text_width=text_width,
-        text_heads=text_heads, text_layers=text_layers, seed=seed, dtype=dtype,
-    )
+    state = clip_state_dict(**kwargs)
     module = torch.jit.script(_ClipArchive(state, buffers=CLIP_INTEGER_KEYS))
     torch.jit.save(module, os.fspath(path))
     return state

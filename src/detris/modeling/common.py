@@ -49,11 +49,11 @@ class MultiheadAttention(nn.Module):
 
         ``attn_mask`` is boolean with True = may attend, broadcastable to (N, heads, Lq, Lk).
         """
-        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
         if query is key and key is value:
             q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         else:
+            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+            b_q, b_k, b_v = self.in_proj_bias.chunk(3)
             q = F.linear(query, w_q, b_q)
             k = F.linear(key, w_k, b_k)
             v = F.linear(value, w_v, b_v)
