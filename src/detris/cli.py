@@ -66,6 +66,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_train_command(args)
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predictor import run_predict_command
+
+    return run_predict_command(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .app import run_serve_command
+
+    return run_serve_command(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import run_export_command
+
+    return run_export_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detris", description="DETRIS referring image segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("predict", help="segment the objects that expressions refer to in your images")
+    p.add_argument("--model", required=True, help="model directory (save_pretrained) or Hub id")
+    p.add_argument("--image", required=True, help="an image file, or a folder of images")
+    p.add_argument("--text", action="append", required=True, metavar="EXPRESSION",
+                   help="referring expression (repeatable: one mask per expression)")
+    p.add_argument("--out", required=True, help="output folder for masks, overlays and predictions.json")
+    p.add_argument("--threshold", type=float, default=0.35, help="probability threshold (official: 0.35)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="compute precision (autocast); default float32")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("serve", help="web demo (Gradio)")
+    p.add_argument("--model", default=None, help="model directory or Hub id (default: runs/demo/best)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload")
+    p.add_argument("--queue-size", type=int, default=16, help="requests waiting beyond this are rejected")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("export", help="export a model for a fixed input size and token length")
+    p.add_argument("--model", required=True, help="model directory or Hub id")
+    p.add_argument("--format", required=True, choices=["onnx", "torch-export"])
+    p.add_argument("--out", required=True, help="output file (.onnx or .pt2)")
+    p.add_argument("--batch-size", type=int, default=1, help="fixed batch size of the exported graph")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
