@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import pickle
 import shutil
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from detris.build import build_model
 from detris.cli import main
 from detris.data import synthetic
+
+from model_fixtures import save_random_tiny
 
 SPLITS = {"train": 1, "val": 2, "testA": 1}
 #: DETRIS-tiny at 112 px instead of its 224: four times less compute, and it checks that `eval` takes
@@ -55,24 +54,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> synthetic.ReferLayout:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random DETRIS-tiny whose predictions are neither empty nor full."""
-    torch.manual_seed(0)
-    model = build_model("detris-tiny", image_size=INPUT_SIZE).eval()
-    gen = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        # Non-trivial BN statistics so that eval-mode BN is not the identity.
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.copy_(0.3 * torch.randn(module.running_mean.shape, generator=gen))
-            module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=gen))
-    # Shift the dynamic-kernel bias so that about 30 % of the pixels of a random input exceed 0.35:
-    # random weights give logits far below the threshold, i.e. all-empty masks otherwise.
-    size = model.config.image_size
-    with torch.inference_mode():
-        logits = model(torch.randn(2, 3, size, size, generator=gen), torch.randint(1, 400, (2, 17), generator=gen))
-        shift = math.log(0.35 / 0.65) - torch.quantile(logits.flatten().float(), 0.7).item()
-        model.proj.txt.bias[-1] += shift
-    out = tmp_path_factory.mktemp("model") / "detris-tiny-random"
-    model.save_pretrained(out)
-    return out
+    return save_random_tiny(tmp_path_factory.mktemp("model") / "detris-tiny-random", INPUT_SIZE)
 
 
 def run_cli(argv: List[str], capsys: pytest.CaptureFixture[str]) -> Tuple[int, str, str]:

@@ -1,0 +1,296 @@
+"""`Predictor`: one image and one or more referring expressions in, one mask per expression out.
+
+The pre- and post-processing are the evaluation protocol's own functions (no second implementation):
+`detris.data.images.load_image` (any PIL mode, EXIF orientation applied), the letterbox of
+`detris.data.transforms`, CLIP tokens of the model's ``word_len`` (over-long expressions are cut as the
+official tokenizer does), then `detris.postprocess` (sigmoid -> bicubic to the input size -> inverse
+letterbox to the original size -> ``prob > threshold``). So a mask from `Predictor.predict` is the mask
+``detris eval --save-predictions`` writes for the same model, image and sentence.
+
+Several expressions for one image are run as one batch; the image is pre-processed once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .data.images import ImageInput, ImageLoadError, load_image
+from .data.transforms import letterbox_image, normalize_image
+from .postprocess import DEFAULT_THRESHOLD, binarize, logits_to_probability
+from .tokenizer import _shared_tokenizer, tokenize
+
+__all__ = ["Prediction", "Predictor", "check_texts", "run_predict_command", "IMAGE_SUFFIXES"]
+
+#: File suffixes ``detris predict --image FOLDER`` picks up (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Prediction:
+    """The result for one expression.
+
+    Attributes:
+        text: the expression as given.
+        mask: bool ``(H, W)`` at the original image size (EXIF orientation applied).
+        probability: float32 ``(H, W)``, the probability map the mask thresholds (bicubic
+            resampling may take it slightly outside ``[0, 1]``, as in the official evaluation).
+        truncated: the expression had more tokens than the model reads (``word_len``) and was cut.
+    """
+
+    text: str
+    mask: np.ndarray
+    probability: np.ndarray
+    truncated: bool = False
+
+    @property
+    def area(self) -> int:
+        """Number of mask pixels."""
+        return int(self.mask.sum())
+
+
+def check_texts(texts: Union[str, Sequence[str]], word_len: int) -> tuple[list[str], list[bool]]:
+    """Validate referring expressions; returns them as a list and, per text, whether it will be cut.
+
+    Raises:
+        TypeError: ``texts`` is not a string or a sequence of strings.
+        ValueError: no expression, or an expression that is empty / only whitespace / has no tokens.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no expression given: pass at least one referring expression, e.g. 'the dog on the left'")
+    tok = _shared_tokenizer()
+    truncated = []
+    for k, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"expression {k} must be a string, got {type(text).__name__}: {text!r}")
+        if not text.strip():
+            raise ValueError(
+                f"expression {k} is empty: describe the object to segment, e.g. 'the man in the red shirt'"
+            )
+        n = len(tok.encode(text))
+        if n == 0:
+            raise ValueError(f"expression {k} ({text!r}) has no tokens after text clean-up; use words")
+        truncated.append(n + 2 > word_len)  # + start and end tokens
+    return texts, truncated
+
+
+class Predictor:
+    """Referring segmentation of user images with a DETRIS model.
+
+    Args:
+        model: a `detris.DETRIS` (e.g. from `detris.from_pretrained`); it is put in eval mode and moved
+            to ``device``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` or None (CUDA when available).
+        dtype: compute precision: None / ``torch.float32`` (exact protocol), ``torch.bfloat16`` or
+            ``torch.float16`` (autocast; the weights stay float32). Strings ``"bfloat16"`` etc. work too.
+        max_batch: most expressions run in one forward pass (bounds memory for long lists).
+
+    Example::
+
+        predictor = Predictor(detris.from_pretrained("runs/demo/best"))
+        for p in predictor.predict("photo.jpg", ["the red cup", "the man on the left"]):
+            print(p.text, p.area, p.mask.shape)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: Union[None, str, torch.device] = None,
+        dtype: Union[None, str, torch.dtype] = None,
+        max_batch: int = 8,
+    ) -> None:
+        from .evaluate import resolve_device
+
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "image_size") or not hasattr(config, "word_len"):
+            raise TypeError(
+                f"Predictor needs a DETRIS model (with .config), got {type(model).__name__}; "
+                "load one with detris.from_pretrained or detris.load_official_checkpoint"
+            )
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(_DTYPES)}")
+            dtype = _DTYPES[dtype]
+        if dtype is not None and dtype not in _DTYPES.values():
+            raise ValueError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.device = resolve_device(device)
+        self.dtype = dtype or torch.float32
+        self.max_batch = int(max_batch)
+        self.model = model.to(self.device).eval()
+        self.image_size = int(config.image_size)
+        self.word_len = int(config.word_len)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: Union[str, os.PathLike],
+        device: Union[None, str, torch.device] = None,
+        dtype: Union[None, str, torch.dtype] = None,
+        **kwargs,
+    ) -> "Predictor":
+        """A Predictor for a model directory written by ``save_pretrained`` (or a Hub id)."""
+        from .weights import from_pretrained
+
+        return cls(from_pretrained(name_or_path), device=device, dtype=dtype, **kwargs)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        image: ImageInput,
+        texts: Union[str, Sequence[str]],
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> List[Prediction]:
+        """Segment what each expression refers to.
+
+        Args:
+            image: a path, a PIL image (any mode; EXIF orientation applied) or an ``(H, W, 3)`` uint8
+                array (``(H, W)`` grey and ``(H, W, 4)`` RGBA arrays are accepted too).
+            texts: one expression or a list of them.
+            threshold: probability threshold (``prob > threshold``); 0.35 is the official protocol's.
+
+        Returns:
+            one `Prediction` per expression, in order; masks are bool ``(H, W)`` at the image's size.
+
+        Raises:
+            ImageLoadError: the image cannot be read (names the file and the reason).
+            ValueError: an empty expression, or a threshold outside (0, 1).
+        """
+        if not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) < 1.0):
+            raise ValueError(f"threshold must be a number strictly between 0 and 1, got {threshold!r}")
+        texts, truncated = check_texts(texts, self.word_len)
+        rgb = load_image(image)
+        h, w = rgb.shape[:2]
+        warped, _mat, inv = letterbox_image(rgb, self.image_size)
+        pixels = normalize_image(warped).unsqueeze(0).to(self.device)
+        tokens = tokenize(texts, context_length=self.word_len).to(self.device)
+        out: List[Prediction] = []
+        for start in range(0, len(texts), self.max_batch):
+            chunk = tokens[start : start + self.max_batch]
+            with self._autocast():
+                logits = self.model(pixels.expand(chunk.shape[0], -1, -1, -1), chunk)
+            probs = logits_to_probability(logits, (self.image_size, self.image_size), [inv] * chunk.shape[0],
+                                          [(h, w)] * chunk.shape[0])
+            for k, prob in enumerate(probs):
+                i = start + k
+                out.append(Prediction(texts[i], binarize(prob, threshold), prob, truncated[i]))
+        return out
+
+    def __repr__(self) -> str:
+        name = getattr(self.model.config, "name", type(self.model).__name__)
+        return f"Predictor({name}, device={self.device}, dtype={self.dtype}, input={self.image_size}px)"
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def _image_files(path: Path) -> List[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(
+                f"--image {path}: the folder holds no image files (looked for {', '.join(IMAGE_SUFFIXES)})"
+            )
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"--image {path}: no such file or folder")
+    return [path]
+
+
+def _output_stems(files: Sequence[Path]) -> Iterator[str]:
+    """File stems, made unique: ``a.jpg`` and ``a.png`` in one folder become ``a_jpg`` and ``a_png``."""
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.stem] = counts.get(f.stem, 0) + 1
+    for f in files:
+        yield f.stem if counts[f.stem] == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}"
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    """``detris predict``: masks, overlays and ``predictions.json`` for one image or a folder of them.
+
+    A single unreadable image is an error (exit 2); in a folder, unreadable images are listed under
+    ``"errors"`` in ``predictions.json`` and on stderr, and the others are still processed.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from .engine.loop import check_output_dir
+    from .evaluate import _resolve_model_dir
+    from .visualize import render_overlay
+
+    if not 0.0 < args.threshold < 1.0:
+        raise ValueError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
+    image_arg = Path(args.image).expanduser()
+    files = _image_files(image_arg)
+    out_dir = Path(args.out).expanduser()
+    check_output_dir(out_dir)
+    predictor = Predictor.from_pretrained(_resolve_model_dir(args.model), device=args.device, dtype=args.dtype)
+    texts, _ = check_texts(args.text, predictor.word_len)
+
+    records, errors = [], []
+    single = not image_arg.is_dir()
+    for path, stem in tqdm(list(zip(files, _output_stems(files))), desc="predict", unit="image",
+                           disable=single or not sys.stderr.isatty()):
+        try:
+            rgb = load_image(path)
+        except ImageLoadError as exc:
+            if single:
+                raise
+            errors.append({"image": str(path), "error": str(exc)})
+            print(f"detris predict: skipped {path}: {exc}", file=sys.stderr)
+            continue
+        preds = predictor.predict(rgb, texts, threshold=args.threshold)
+        entries = []
+        for i, p in enumerate(preds):
+            mask_name, overlay_name = f"{stem}_{i}_mask.png", f"{stem}_{i}_overlay.png"
+            if not cv2.imwrite(str(out_dir / mask_name), p.mask.astype(np.uint8) * 255):
+                raise OSError(f"could not write {out_dir / mask_name}")
+            render_overlay(rgb, p.mask, p.text).save(out_dir / overlay_name)
+            entries.append({
+                "index": i,
+                "text": p.text,
+                "mask": mask_name,
+                "overlay": overlay_name,
+                "area": p.area,
+                "area_fraction": p.area / float(p.mask.size),
+                "max_probability": float(np.max(p.probability)) if p.probability.size else math.nan,
+                "truncated": p.truncated,
+            })
+        records.append({"image": str(path), "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
+                        "predictions": entries})
+    summary = {
+        "model": str(args.model),
+        "variant": getattr(predictor.model.config, "name", None),
+        "threshold": args.threshold,
+        "dtype": str(predictor.dtype).replace("torch.", ""),
+        "images": records,
+        "errors": errors,
+    }
+    (out_dir / "predictions.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"detris predict: {len(records)} image(s) x {len(texts)} expression(s) -> {out_dir}"
+          + (f" ({len(errors)} unreadable image(s) skipped)" if errors else ""))
+    return 0 if records else 2
