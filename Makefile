@@ -25,7 +25,19 @@ install: $(VENV)/.core
 demo: $(VENV)/.core
 	$(BIN)/detris demo
 
+# The browser test drives Debian's Chromium through its chromedriver (no browser download: the
+# network reaches only package registries). Installed here when missing and apt-get is usable as root;
+# otherwise that one test skips, naming the missing binary.
 test: $(VENV)/.test
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "make test: installing chromium and chromium-driver for the browser test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver >/dev/null; } || echo "make test: could not install chromium; the browser test will skip"; \
+	  else \
+	    echo "make test: no chromium and no apt-get as root; the browser test will skip"; \
+	  fi; \
+	fi
 	$(BIN)/python -m pytest -q
 
 clean:
