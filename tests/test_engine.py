@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -35,6 +36,12 @@ TINY = [
     "train.milestones=[2]",
     "output.progress=false",
     "output.plot=false",
+    # The official schedule and loss, one process, no time budget: these runs must be reproducible
+    # step for step (the demo's settings in the config use a wall-time schedule and a loader process).
+    "train.lr_schedule=multistep",
+    "train.dice_weight=0.0",
+    "train.max_minutes=null",
+    "data.num_workers=0",
 ]
 
 
@@ -117,6 +124,96 @@ def test_errors_before_training(tmp_path):
     cfg = load_config(CONFIGS / "synthetic-tiny.yaml", [f"output.dir={blocker / 'run'}"])
     with pytest.raises(ValueError, match="not writable"):
         train(cfg)
+
+
+def test_demo_training_options_are_checked():
+    cfg = CONFIGS / "synthetic-tiny.yaml"
+    with pytest.raises(ConfigError, match=r"train.lr_schedule: 'linear'"):
+        load_config(cfg, ["train.lr_schedule=linear"])
+    with pytest.raises(ConfigError, match=r"warmup_steps needs train.lr_schedule=cosine"):
+        load_config(cfg, ["train.lr_schedule=multistep", "train.warmup_steps=5"])
+    with pytest.raises(ConfigError, match=r"train.dice_weight must be >= 0"):
+        load_config(cfg, ["train.dice_weight=-1"])
+    with pytest.raises(ConfigError, match=r"train.num_threads must be >= 1"):
+        load_config(cfg, ["train.num_threads=0"])
+
+
+def test_official_configs_keep_the_official_schedule_and_loss():
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        t = load_config(path).train
+        if load_config(path).data.dataset != "synthetic":
+            assert (t.lr_schedule, t.warmup_steps, t.dice_weight, t.num_threads) == ("multistep", 0, 0.0, None), path
+
+
+def test_progress_schedule_follows_the_larger_of_step_and_time_fractions():
+    from detris.engine.schedule import ProgressSchedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = ProgressSchedule(opt, total_steps=100, max_minutes=10.0, warmup_steps=4)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0 / 4)  # first warm-up step
+    sched.update(50, minutes=1.0)  # half the steps, a tenth of the time: steps lead
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+    sched.update(51, minutes=9.0)  # the clock leads now (a slow machine)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0 + math.cos(0.9 * math.pi))
+    sched.update(52, minutes=0.5)  # progress never goes back
+    assert sched.progress == pytest.approx(0.9)
+
+    other = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    resumed = ProgressSchedule(other, total_steps=100, max_minutes=10.0, warmup_steps=4)
+    resumed.load_state_dict(sched.state_dict())
+    resumed.update(53, minutes=0.0)
+    assert resumed.progress == pytest.approx(0.9)
+    resumed.update(100, minutes=0.0)
+    assert other.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="bounded"):
+        ProgressSchedule(other, total_steps=None, max_minutes=None)
+
+
+def test_upsampled_dice_loss_scores_the_evaluated_mask():
+    from detris.engine.losses import upsampled_dice_loss
+
+    mask = torch.zeros(2, 1, 56, 56)
+    mask[:, :, 14:42, 7:35] = 1
+    coarse = torch.nn.functional.interpolate(mask, size=(16, 16), mode="area")
+    logits = ((coarse > 0.5).float() * 2 - 1).mul(10).requires_grad_(True)
+    good = upsampled_dice_loss(logits, mask)
+    bad = upsampled_dice_loss(-logits, mask)
+    assert good.item() < 0.1 and bad.item() > 0.9
+    assert upsampled_dice_loss(logits, mask[:, 0]).item() == pytest.approx(good.item())  # (N, H, W) masks
+    bad.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_cosine_dice_run_resumes_exactly(tmp_path, monkeypatch):
+    """A run with the demo's schedule and loss, stopped after step 3 and resumed, equals an unbroken one."""
+    from detris.engine import loop
+    from detris.engine.tracking import MetricsLogger
+
+    demo = ["train.lr_schedule=cosine", "train.warmup_steps=2", "train.dice_weight=1.0", "train.epochs=2",
+            "train.evaluate=false", "train.save_every_steps=1", "train.num_threads=1", "output.tensorboard=false"]
+    loop.train(load_config(CONFIGS / "synthetic-tiny.yaml", TINY + demo + [f"output.dir={tmp_path / 'ref'}"]))
+
+    class Crash(RuntimeError):
+        pass
+
+    real_log = MetricsLogger.log
+
+    def log(self, record):
+        if record.get("kind") == "train" and record["global_step"] == 4:
+            raise Crash("simulated crash before step 4 is saved")
+        real_log(self, record)
+
+    run = tmp_path / "crashed"
+    cfg = load_config(CONFIGS / "synthetic-tiny.yaml", TINY + demo + [f"output.dir={run}"])
+    monkeypatch.setattr(MetricsLogger, "log", log)
+    with pytest.raises(Crash):
+        loop.train(cfg)
+    monkeypatch.setattr(MetricsLogger, "log", real_log)
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["global_step"] == 3
+    loop.train(cfg, resume="auto")
+    a, b = _weights(tmp_path / "ref"), _weights(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 # ------------------------------------------------------------------------------------------ sampler

@@ -50,7 +50,7 @@ def _cmd_convert_official(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out_dir=Path(args.out), seed=args.seed, minutes=args.minutes)
+    run_demo(out_dir=Path(args.out), seed=args.seed, minutes=args.minutes, overrides=args.overrides)
     return 0
 
 
@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a demo setting, e.g. --set train.lr=2e-3 (as `detris train --set`)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("predict", help="segment the objects that expressions refer to in your images")

@@ -33,6 +33,8 @@ __all__ = [
 #: Dataset names a config may name (``mixed`` = the official RefCOCO + RefCOCO+ + RefCOCOg-umd set).
 DATASETS = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google", "refcoco_google", "mixed", "synthetic")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: ``train.lr_schedule`` values: ``multistep`` (official, per epoch), ``cosine`` (per step, by progress).
+SCHEDULES = ("multistep", "cosine")
 
 
 class ConfigError(ValueError):
@@ -89,13 +91,24 @@ class TrainConfig:
     milestones: list = field(default_factory=lambda: [35, 55])
     lr: float = 1e-4
     lr_decay: float = 0.1  # MultiStepLR gamma
+    # multistep (official): x lr_decay at each milestone epoch. cosine: per step, warm-up then cosine
+    # decay to 0 over the run's progress = the larger of its step and wall-time fractions (for runs
+    # bounded by max_minutes; milestones are then unused). See engine/schedule.py.
+    lr_schedule: str = "multistep"
+    warmup_steps: int = 0  # cosine only: linear warm-up over the first N optimizer steps
     weight_decay: float = 0.0
     batch_size: int = 32
     micro_batch_size: Optional[int] = None  # per process and forward pass; default batch_size / world
     val_batch_size: int = 16
     max_norm: float = 0.0  # gradient clipping; 0 = off (official)
+    # Weight of an extra soft Dice loss on the probabilities upsampled to the input size the way
+    # evaluation does it (see engine/losses.py); 0 = the official BCE alone.
+    dice_weight: float = 0.0
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + GradScaler, GPU)
     device: str = "auto"  # auto | cpu | cuda
+    # CPU threads of torch's intra-op pool for this run (null = torch's default, one per core). On a
+    # machine shared with other jobs one thread per process avoids OpenMP threads waiting on each other.
+    num_threads: Optional[int] = None
     seed: int = 0
     max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke tests, demos)
     max_minutes: Optional[float] = None  # stop (and save) after this much wall time
@@ -141,6 +154,16 @@ class RunConfig:
             raise ConfigError(f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
         if t.save_every_steps < 0:
             raise ConfigError(f"train.save_every_steps must be >= 0, got {t.save_every_steps}")
+        if t.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"train.lr_schedule: {t.lr_schedule!r} is not one of {list(SCHEDULES)}")
+        if t.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+        if t.warmup_steps and t.lr_schedule != "cosine":
+            raise ConfigError("train.warmup_steps needs train.lr_schedule=cosine")
+        if t.num_threads is not None and t.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 or null, got {t.num_threads}")
+        if t.dice_weight < 0:
+            raise ConfigError(f"train.dice_weight must be >= 0, got {t.dice_weight}")
         if t.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {t.lr}")
         if not all(isinstance(m, int) and m > 0 for m in t.milestones) or list(t.milestones) != sorted(t.milestones):

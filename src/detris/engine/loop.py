@@ -24,6 +24,8 @@ from ..postprocess import binarize, logits_to_probability
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, restore_weights, save_checkpoint
 from .config import RunConfig, config_to_dict
 from .distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, cleanup_distributed, init_distributed
+from .losses import upsampled_dice_loss
+from .schedule import ProgressSchedule
 from .tracking import MetricsLogger, plot_curves
 
 __all__ = ["TrainingDiverged", "train", "validate", "build_datasets", "check_output_dir"]
@@ -160,11 +162,15 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict[str, Any]:
 
     ``resume``: a checkpoint path, or ``auto`` for ``<output.dir>/checkpoints/last.pt``.
     """
+    threads = torch.get_num_threads()
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
     info = init_distributed(cfg.train.device)
     try:
         return _train(cfg, resume, info)
     finally:
         cleanup_distributed()
+        torch.set_num_threads(threads)  # the caller's setting, for whatever runs next in this process
 
 
 def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]:
@@ -211,7 +217,13 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
     model.to(info.device)
     core = model
     optimizer = torch.optim.Adam(_param_groups(core), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.lr_decay)
+    total_steps = t.epochs * sampler.steps_per_epoch
+    total_steps = min(total_steps, t.max_steps) if t.max_steps is not None else total_steps
+    per_step = t.lr_schedule != "multistep"
+    if per_step:
+        scheduler = ProgressSchedule(optimizer, total_steps, t.max_minutes, t.warmup_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.lr_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
 
     start_epoch, start_step, global_step = 0, 0, 0
@@ -252,7 +264,8 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
         nonlocal best
         summary = validate(core, val_ds, info, t.val_batch_size, t.precision, t.val_max_items, cfg.data.num_workers)
         if info.is_main:
-            logger.log({"kind": "val", "epoch": epoch, "global_step": global_step, **summary})
+            logger.log({"kind": "val", "epoch": epoch, "global_step": global_step,
+                        "minutes": round((time.monotonic() - t0) / 60, 4), **summary})
             if summary["mIoU"] > best["mIoU"]:
                 best = {"mIoU": summary["mIoU"], "epoch": epoch, "global_step": global_step}
                 adapter_only = not full and getattr(core, "base_weights", None) is not None
@@ -268,7 +281,10 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
     if info.is_main and cfg.output.progress:
         from tqdm import tqdm
 
-        pbar = tqdm(total=t.epochs * sampler.steps_per_epoch, initial=global_step, unit="step", dynamic_ncols=True)
+        # A wall-time budget usually ends the run long before the epochs do: no step total (and no
+        # misleading time estimate) then, only the step count and rate.
+        pbar = tqdm(total=None if t.max_minutes is not None else total_steps, initial=global_step, unit="step",
+                    dynamic_ncols=True)
     model.train()
     for epoch in range(start_epoch, t.epochs):
         train_ds.set_epoch(epoch)
@@ -289,12 +305,17 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
             sync = ddp.no_sync() if info.distributed and not last_micro else contextlib.nullcontext()
             with sync:
                 with _autocast(t.precision, info.device):
-                    _, loss = ddp(images, tokens, mask)
+                    logits, loss = ddp(images, tokens, mask)
+                if t.dice_weight > 0:
+                    loss = loss.float() + t.dice_weight * upsampled_dice_loss(logits, mask)
                 scaler.scale(loss.float() / accum).backward()
             loss_sum += loss.detach().float()
             if not last_micro:
                 continue
-            step_loss = float(all_reduce_mean(loss_sum / accum, info))
+            # The elapsed time travels with the loss through one reduction, so that every process
+            # sees the same clock: the time budget and a time-based schedule then agree across ranks.
+            clock = torch.tensor((time.monotonic() - t0) / 60, device=info.device)
+            step_loss, minutes = all_reduce_mean(torch.stack([loss_sum / accum, clock]), info).tolist()
             micro_idx, loss_sum = 0, torch.zeros((), device=info.device)
             if not math.isfinite(step_loss):
                 good = last_path if last_path.is_file() else None
@@ -310,13 +331,16 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
             optimizer.zero_grad(set_to_none=True)
             global_step += 1
             step_in_epoch += 1
+            lr_used = optimizer.param_groups[0]["lr"]
+            if per_step:
+                scheduler.update(global_step, minutes)
             if info.is_main:
                 logger.log({"kind": "train", "epoch": epoch, "global_step": global_step, "loss": step_loss,
-                            "lr": optimizer.param_groups[0]["lr"]})
+                            "lr": lr_used, "minutes": round(minutes, 4)})
                 if pbar is not None:
                     pbar.update(1)
                     pbar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}")
-            out_of_time = t.max_minutes is not None and (time.monotonic() - t0) / 60 >= t.max_minutes
+            out_of_time = t.max_minutes is not None and minutes >= t.max_minutes
             if (t.max_steps is not None and global_step >= t.max_steps) or out_of_time:
                 stop_reason = "max_steps" if not out_of_time else "max_minutes"
                 stopped = True
@@ -328,10 +352,12 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
                 last_val = run_validation(epoch)
             save(epoch, step_in_epoch) if step_in_epoch < sampler.steps_per_epoch else None
             if step_in_epoch >= sampler.steps_per_epoch:
-                scheduler.step()
+                if not per_step:
+                    scheduler.step()
                 save(epoch + 1, 0)
             break
-        scheduler.step()
+        if not per_step:
+            scheduler.step()
         if t.evaluate:
             last_val = run_validation(epoch)
         save(epoch + 1, 0)

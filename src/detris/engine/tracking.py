@@ -63,7 +63,7 @@ def plot_curves(metrics_path: Path, out_png: Path) -> Path | None:
         steps = sorted(train)
         ax.plot(steps, [train[s] for s in steps], color="tab:blue", label="train loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("BCE loss", color="tab:blue")
+    ax.set_ylabel("training loss", color="tab:blue")
     if val:
         ax2 = ax.twinx()
         steps = sorted(val)
