@@ -261,3 +261,19 @@ def test_postprocess_rejects_bad_shapes():
         logits_to_probability(torch.zeros(1, 32, 32), (448, 448), [inv], [(10, 10)])
     with pytest.raises(ValueError, match="one of each"):
         logits_to_probability(torch.zeros(2, 1, 32, 32), (448, 448), [inv], [(10, 10)])
+
+
+@pytest.mark.parametrize("h,w", [(112, 112), (448, 672)])
+def test_input_already_at_size_is_unchanged_like_the_cv2_warp(h, w):
+    # An image already at the input size skips the warp; cv2's identity warp must give the same values.
+    rng = np.random.default_rng(h)
+    img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    src, dst, *_ = hand_points(h, w, (h, w))
+    by_cv2 = cv2.warpAffine(img, cv2.getAffineTransform(src, dst), (w, h), flags=cv2.INTER_CUBIC,
+                            borderValue=(1, 2, 3))
+    out, mat, _ = letterbox_image(img, (h, w))
+    np.testing.assert_array_equal(out, by_cv2.astype(np.float32))
+    mask = (rng.random((h, w)) > 0.5).astype(np.uint8)
+    expected = cv2.warpAffine(mask * 255, cv2.getAffineTransform(src, dst), (w, h), flags=cv2.INTER_LINEAR,
+                              borderValue=0) / 255.0
+    np.testing.assert_array_equal(letterbox_mask(mask, mat, (h, w)), expected.astype(np.float32))

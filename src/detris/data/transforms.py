@@ -96,6 +96,10 @@ def letterbox_matrix(h: int, w: int, size: SizeLike) -> tuple[np.ndarray, np.nda
     return mat, inv
 
 
+def _is_identity(mat: np.ndarray) -> bool:
+    return bool(np.array_equal(np.asarray(mat, dtype=np.float64), np.eye(2, 3)))
+
+
 def letterbox_image(
     img: np.ndarray, size: SizeLike
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,6 +128,10 @@ def letterbox_image(
         )
     in_h, in_w = _target_hw(size)
     mat, inv = letterbox_matrix(img.shape[0], img.shape[1], (in_h, in_w))
+    if _is_identity(mat):
+        # Already the input size: cv2's bicubic warp by the identity returns the pixels unchanged
+        # (its kernel weights at integer offsets are exactly 0 and 1), so skip the warp.
+        return img.astype(np.float32), mat, inv
     # Warping the uint8 image (not a float copy) matters: cv2 rounds and saturates the bicubic
     # result back to 0..255, and the official numbers include that rounding.
     warped = cv2.warpAffine(
@@ -169,6 +177,9 @@ def letterbox_mask(mask: np.ndarray, mat: np.ndarray, size: SizeLike) -> np.ndar
     else:
         raise TypeError(f"unsupported mask dtype {mask.dtype}; use bool, 0/1 integers or uint8")
     in_h, in_w = _target_hw(size)
+    if _is_identity(mat) and grey.shape == (in_h, in_w):
+        # The identity warp returns the mask unchanged (see letterbox_image).
+        return (grey / 255.0).astype(np.float32)
     # The official mask is a 0/255 uint8 PNG; warping it as uint8 rounds the bilinear edge values
     # to multiples of 1/255, which we keep for parity.
     warped = cv2.warpAffine(
