@@ -12,11 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import MultiheadAttention
+from .common import MultiheadAttention, conv_bn_relu_forward
 
 
 class ConvBNReLU(nn.Module):
-    """Biased 1-D or 2-D convolution, BatchNorm, ReLU (the adapters' conv unit)."""
+    """Biased 1-D or 2-D convolution, BatchNorm, ReLU (the adapters' conv unit).
+
+    In eval mode the BatchNorm is folded into the convolution (``fast_path``; see
+    ``common.conv_bn_relu_forward``).
+    """
+
+    fast_path: bool = True
 
     def __init__(self, in_dim: int, out_dim: int, kernel_size: int, ndim: int, bn_eps: float) -> None:
         super().__init__()
@@ -26,7 +32,8 @@ class ConvBNReLU(nn.Module):
         self.bn = norm(out_dim, eps=bn_eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.bn(self.conv(x)))
+        """x (N, in, L) or (N, in, H, W) -> (N, out, L) or (N, out, H, W)."""
+        return conv_bn_relu_forward(x, self.conv, self.bn, self.fast_path)
 
 
 class DenseConvMixer(nn.Module):
@@ -139,9 +146,10 @@ class DenseAligner(DenseConvMixer):
         prefix = length - gh * gw
         if prefix < 0:
             raise ValueError(f"{length} tokens cannot hold a {gh}x{gw} patch grid")
-        patches = x0[:, prefix:]
-        spatial = patches.transpose(1, 2).reshape(n, d, gh, gw)
+        # Token rows are already pixels with their channels last: view them as an NCHW map in the
+        # channels-last memory format (no transpose copy), and back again after the convolutions.
+        spatial = x0[:, prefix:].reshape(n, gh, gw, d).permute(0, 3, 1, 2)
         mixed = self.mix(spatial) + spatial
-        mixed = self.cross(mixed.flatten(2).transpose(1, 2), words)
+        mixed = self.cross(mixed.permute(0, 2, 3, 1).reshape(n, gh * gw, d), words)
         out = torch.cat([x0[:, :prefix], mixed], dim=1) + x0
         return self.D_fc2(out)

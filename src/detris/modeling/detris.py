@@ -70,10 +70,31 @@ class DETRIS(nn.Module):
             module.requires_grad_(True)
         return self
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> "DETRIS":
-        """Recompute backbone blocks in backward instead of storing their activations."""
+    def set_grad_checkpointing(self, enabled: bool = True, scope: str = "block") -> "DETRIS":
+        """Recompute backbone activations in backward instead of storing them (training memory).
+
+        Args:
+            enabled: on or off.
+            scope: ``"block"`` recomputes whole backbone blocks (both towers): each keeps only its
+                input, the most memory saved, for about one extra ViT forward per step.
+                ``"mlp"`` recomputes only the ViT MLPs' hidden layer (``fc1`` + GELU, the largest
+                tensor a frozen block stores), for about a quarter of a ViT forward.
+        """
+        if scope not in ("block", "mlp"):
+            raise ValueError(f"checkpointing scope must be 'block' or 'mlp', got {scope!r}")
         self.dinov2.grad_checkpointing = enabled
-        self.txt_backbone.grad_checkpointing = enabled
+        self.dinov2.checkpoint_scope = scope
+        self.txt_backbone.grad_checkpointing = enabled and scope == "block"
+        return self
+
+    def set_fast_paths(self, enabled: bool = True) -> "DETRIS":
+        """Switch the optional fast paths (all on by default; none changes the results beyond float
+        rounding): BatchNorm folded into the preceding convolution in eval mode; in training, the
+        attention core (when attention dropout is active) and the head's upsampled maps recomputed in
+        backward instead of stored. Off runs every module as written, e.g. to check the fast paths."""
+        for module in self.modules():
+            if hasattr(type(module), "fast_path"):
+                module.fast_path = enabled
         return self
 
     # ------------------------------------------------------------------ saving / loading
@@ -157,7 +178,9 @@ class DETRIS(nn.Module):
         gh, gw = self.dinov2.grid_size(images.shape[-2], images.shape[-1])
         final, tapped = self.dinov2(images, words, self.feature_layers)
         prefix = self.dinov2.num_prefix_tokens
-        maps = [t[:, prefix:].transpose(1, 2).reshape(t.shape[0], -1, gh, gw) for t in (*tapped, final)]
+        # (N, prefix + gh*gw, C) tokens -> (N, C, gh, gw) maps as channels-last views: no copy, and the
+        # neck's convolutions run in that memory format.
+        maps = [t[:, prefix:].reshape(t.shape[0], gh, gw, -1).permute(0, 3, 1, 2) for t in (*tapped, final)]
         fq = self.neck(maps, sentence)
         dec = self.decoder(fq, words, tokens == 0)
         return {"words": words, "sentence": sentence, "maps": maps, "neck": fq, "decoder": dec}

@@ -51,6 +51,10 @@ class LayerScale(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gamma
 
+    def residual(self, x: Tensor, y: Tensor) -> Tensor:
+        """``x + gamma * y`` in one pass (one ``addcmul`` instead of a product and a sum)."""
+        return torch.addcmul(x, y, self.gamma)
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int) -> None:
@@ -59,8 +63,12 @@ class Mlp(nn.Module):
         self.act = nn.GELU()  # exact (erf) GELU, as DINOv2 was trained
         self.fc2 = nn.Linear(hidden_dim, dim)
 
+    def hidden(self, x: Tensor) -> Tensor:
+        """(N, T, dim) -> the activated hidden layer (N, T, hidden_dim)."""
+        return self.act(self.fc1(x))
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.hidden(x))
 
 
 class Block(nn.Module):
@@ -86,16 +94,29 @@ class Block(nn.Module):
         self.adapter = adapter
         self.adapter_scale = adapter_scale
 
-    def forward(self, x: Tensor, words: Tensor | None = None, grid: tuple[int, int] | None = None) -> Tensor:
-        """x (N, T, dim); words (N, L, text_dim) are needed only when the block has an aligner."""
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        n = self.norm2(x)
-        y = self.mlp(n)
+    def forward(
+        self,
+        x: Tensor,
+        words: Tensor | None = None,
+        grid: tuple[int, int] | None = None,
+        recompute_mlp: bool = False,
+    ) -> Tensor:
+        """x (N, T, dim); words (N, L, text_dim) are needed only when the block has an aligner.
+
+        ``recompute_mlp``: keep only the MLP's input for backward and recompute its hidden layer
+        (``fc1`` + GELU, the largest activation a frozen block stores) when the gradient needs it.
+        """
+        x = self.ls1.residual(x, self.attn(self.norm1(x)))
+        n = self.norm2(x)  # computed once for both the MLP and the aligner
+        if recompute_mlp and n.requires_grad:
+            y = self.mlp.fc2(checkpoint(self.mlp.hidden, n, use_reentrant=False))
+        else:
+            y = self.mlp(n)
         if self.adapter is not None:
             if words is None or grid is None:
                 raise ValueError("this block has a Dense Aligner: pass the word features and the patch grid")
-            y = y + self.adapter_scale * self.adapter(n, words, grid)
-        return x + self.ls2(y)
+            y = torch.add(y, self.adapter(n, words, grid), alpha=self.adapter_scale)
+        return self.ls2.residual(x, y)
 
 
 class DinoVisionTransformer(nn.Module):
@@ -138,6 +159,7 @@ class DinoVisionTransformer(nn.Module):
         self.interpolate_offset = interpolate_offset
         self.interpolate_antialias = interpolate_antialias
         self.grad_checkpointing = False
+        self.checkpoint_scope = "block"  # or "mlp": see DETRIS.set_grad_checkpointing
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -193,11 +215,15 @@ class DinoVisionTransformer(nn.Module):
     def prepare_tokens(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """images (N, 3, H, W) -> tokens (N, 1 + registers + H/p*W/p, dim) and the patch grid."""
         grid = self.grid_size(images.shape[-2], images.shape[-1])
-        x = self.patch_embed(images)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        x = x + self.interpolate_pos_encoding(grid).to(x.dtype)
+        # The residual stream is kept in the parameters' dtype: under bf16/fp16 autocast the patch
+        # embedding comes out in low precision, and rounding the position embedding and the prefix
+        # tokens to it as well would cost accuracy in every later block (as in the official model,
+        # where the sum with the float32 position embedding promotes the stream back to float32).
+        x = self.patch_embed(images).to(self.pos_embed.dtype)
+        n = x.shape[0]
+        x = torch.cat([self.cls_token.expand(n, -1, -1), x], dim=1) + self.interpolate_pos_encoding(grid)
         # Registers are inserted after the position embedding is added: they carry none.
-        registers = self.register_tokens.expand(x.shape[0], -1, -1).to(x.dtype)
+        registers = self.register_tokens.expand(n, -1, -1)
         return torch.cat([x[:, :1], registers, x[:, 1:]], dim=1), grid
 
     def forward(
@@ -217,11 +243,12 @@ class DinoVisionTransformer(nn.Module):
         x, grid = self.prepare_tokens(images)
         wanted = {i: k for k, i in enumerate(taps)}
         tapped: list[Tensor | None] = [None] * len(taps)
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            if recompute and self.checkpoint_scope == "block":
                 x = checkpoint(block, x, words, grid, use_reentrant=False)
             else:
-                x = block(x, words, grid)
+                x = block(x, words, grid, recompute_mlp=recompute)
             if i in wanted:
                 tapped[wanted[i]] = x
         missing = [t for t, v in zip(taps, tapped) if v is None]
