@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from _bench import cpu_model_name as cpu_model  # benchmarks/ is on sys.path when run as a script
 from detris.data import ReferSegDataset, collate, load_refer
 from detris.data.images import load_image
 from detris.data.synthetic import write_refer_layout
@@ -44,18 +44,6 @@ from detris.data.transforms import letterbox_image, letterbox_mask, normalize_im
 from detris.tokenizer import tokenize
 
 DATASET = "refcoco"  # folder name, so that `load_refer(root, "refcoco")` reads it with refs(unc).p
-
-
-def cpu_model() -> str:
-    """``lscpu``'s model name (falls back to ``platform.processor()``)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_data(root: Path, num_images: int, height: int, width: int, seed: int) -> Path:

@@ -20,8 +20,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,20 +27,9 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from _bench import cpu_model_name as cpu_model  # benchmarks/ is on sys.path when run as a script
 from detris.demo import run_demo
 from detris.engine.tracking import read_metrics
-
-
-def cpu_model() -> str:
-    """``lscpu``'s model name (falls back to ``platform.processor()``)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_average() -> Optional[float]:
