@@ -120,18 +120,70 @@ def repeat_timed(
     return times
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its waited-for
+    children), from ``/proc/stat`` and ``os.times``; (nan, nan) where ``/proc/stat`` is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return math.nan, math.nan
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait.
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system + own.children_user + own.children_system
+
+
+class ForeignLoad:
+    """CPU time used by other processes (and by the hypervisor, as steal) while a block runs: on a
+    shared machine this tells a clean measurement from one that competed for the cores."""
+
+    def __enter__(self) -> "ForeignLoad":
+        self.start = _cpu_seconds()
+        self.wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        end = _cpu_seconds()
+        self.wall = time.perf_counter() - self.wall
+        self.cpu_s = max(0.0, (end[0] - self.start[0]) - (end[1] - self.start[1]))
+
+    @property
+    def cores(self) -> float:
+        """Average number of cores the others used (nan if unknown)."""
+        return self.cpu_s / self.wall if self.wall > 0 else math.nan
+
+
 def alternate_timed(
-    fns: Mapping[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int = 1
-) -> dict[str, list[float]]:
+    fns: Mapping[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 1,
+    max_foreign_cores: float = math.inf,
+    max_discarded: int = 0,
+) -> dict[str, Any]:
     """Time several callables in turn (a, b, a, b, ...), so that a change of machine load hits all of
-    them alike; ``warmup`` untimed rounds first."""
+    them alike; ``warmup`` untimed rounds first.
+
+    A round during which other processes used more than ``max_foreign_cores`` cores on average is
+    discarded and run again, at most ``max_discarded`` times in all (then it is kept). Returns
+    ``{name: [seconds per round]}`` plus ``"foreign_cores"`` (per kept round) and ``"discarded"``.
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(time_call(fn, device))
+    times: dict[str, Any] = {name: [] for name in fns}
+    times["foreign_cores"], times["discarded"] = [], 0
+    while len(times["foreign_cores"]) < repeats:
+        with ForeignLoad() as load:
+            round_times = {name: time_call(fn, device) for name, fn in fns.items()}
+        if load.cores > max_foreign_cores and times["discarded"] < max_discarded:
+            times["discarded"] += 1
+            time.sleep(10)  # let a competing job finish or settle
+            continue
+        for name, seconds in round_times.items():
+            times[name].append(seconds)
+        times["foreign_cores"].append(round(load.cores, 3))
     return times
 
 

@@ -146,7 +146,8 @@ def compare_variant(args, variant: str, workdir: str) -> dict[str, Any]:
         return run
 
     load = B.load_average()
-    eval_times = B.alternate_timed({"ours": forward(ours), "official": forward(official)}, cpu, args.repeats)
+    eval_times = B.alternate_timed({"ours": forward(ours), "official": forward(official)}, cpu, args.repeats,
+                                   **quiet_rounds(args))
     result["eval"] = summarize(eval_times, load)
     print(f"  eval forward: ours {result['eval']['ours_s']:.3f} s, official {result['eval']['official_s']:.3f} s, "
           f"ratio {result['eval']['ratio']:.3f}", flush=True)
@@ -160,7 +161,7 @@ def compare_variant(args, variant: str, workdir: str) -> dict[str, Any]:
             steps[f"ours_ckpt_{scope}"] = checkpointed_step(ours, steps["ours"], scope)
         steps["official"] = steps.pop("official")  # keep the official step last in each round
         load = B.load_average()
-        train_times = B.alternate_timed(steps, cpu, args.train_repeats)
+        train_times = B.alternate_timed(steps, cpu, args.train_repeats, **quiet_rounds(args))
         result["train"] = summarize(train_times, load)
         print(f"  train step: ours {result['train']['ours_s']:.2f} s, official {result['train']['official_s']:.2f} s, "
               f"ratio {result['train']['ratio']:.3f}", flush=True)
@@ -186,12 +187,20 @@ def compare_variant(args, variant: str, workdir: str) -> dict[str, Any]:
     return result
 
 
-def summarize(times: dict[str, list[float]], load_before: list[float]) -> dict[str, Any]:
+def quiet_rounds(args) -> dict[str, Any]:
+    """Keyword arguments of ``_bench.alternate_timed`` that discard rounds disturbed by other jobs."""
+    return {"max_foreign_cores": args.max_foreign_cores, "max_discarded": args.max_discarded}
+
+
+def summarize(times: dict[str, Any], load_before: list[float]) -> dict[str, Any]:
     """Medians, min, ratios to the official medians, and the median of the per-round ratios."""
     out: dict[str, Any] = {"rounds": len(times["official"]), "load_before": load_before,
-                           "load_after": B.load_average(), "times": times}
+                           "load_after": B.load_average(), "times": times,
+                           "foreign_cores_max": max(times["foreign_cores"]), "discarded": times["discarded"]}
     official = B.median(times["official"])
     for name, values in times.items():
+        if name in ("foreign_cores", "discarded"):
+            continue
         out[f"{name}_s"] = B.median(values)
         out[f"{name}_min_s"] = min(values)
         if name != "official":
@@ -212,6 +221,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ours-checkpointing", nargs="*", default=[], choices=["mlp", "block"],
                    help="also time (and measure) our training step with these gradient checkpointing scopes")
     p.add_argument("--memory-steps", type=int, default=1, help="training steps in each memory subprocess")
+    p.add_argument("--max-foreign-cores", type=float, default=0.2,
+                   help="discard (and repeat) a timing round during which other processes used more "
+                        "than this many cores on average (shared machines)")
+    p.add_argument("--max-discarded", type=int, default=10, help="discard at most this many rounds")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--threads", type=int, default=2)
@@ -249,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
                 s = r[what]
                 rows.append({"variant": r["variant"], "measure": f"{what} (batch {args.batch})",
                              "ours_s": s["ours_s"], "official_s": s["official_s"], "ratio": s["ratio"],
-                             "paired_ratio": s["paired_ratio"], "rounds": s["rounds"]})
+                             "paired_ratio": s["paired_ratio"], "rounds": s["rounds"],
+                             "discarded": s["discarded"], "foreign_cores_max": s["foreign_cores_max"]})
                 for scope in args.ours_checkpointing if what == "train" else ():
                     name = f"ours_ckpt_{scope}"
                     rows.append({"variant": r["variant"], "measure": f"{what}, ours with {scope} checkpointing",
@@ -262,7 +276,8 @@ def main(argv: list[str] | None = None) -> None:
                              "ours_s": m["peak_rss_gib"], "official_s": r["memory"]["official"]["peak_rss_gib"],
                              "ratio": m["ratio"]})
     B.print_table("Ours / official (same weights; times alternated in one run)", rows,
-                  ["variant", "measure", "ours_s", "official_s", "ratio", "paired_ratio", "rounds"])
+                  ["variant", "measure", "ours_s", "official_s", "ratio", "paired_ratio", "rounds", "discarded",
+                   "foreign_cores_max"])
     B.print_table("Logits (float32, eval)", results,
                   ["variant", "max_weight_difference", "logits_max_abs_diff", "logits_std", "logits_max_abs"])
     print(f"\nload average: start {machine['load_average']}, end {machine['load_average_end']}")

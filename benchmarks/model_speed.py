@@ -123,14 +123,12 @@ def eval_section(args, device: torch.device, gemm: dict[str, dict[str, Any]]) ->
                     PRECISIONS[precision] or torch.float32, device, gemm[precision]["size"], gemm[precision]["layout"]
                 )
                 load_before = B.load_average()
-                times, gemm_times = [], []
-                forward()
+                # The first (untimed) call warms up and sizes the run to the time budget.
+                repeats = max(1, min(args.repeats, int(args.budget_s / max(B.time_call(forward, device), 1e-9))))
                 gemm_fn()
-                for _ in range(args.repeats):
-                    times.append(B.time_call(forward, device))
-                    gemm_times.append(B.time_call(gemm_fn, device))
-                    if sum(times) >= args.budget_s:
-                        break
+                timed = B.alternate_timed({"forward": forward, "gemm": gemm_fn}, device, repeats, warmup=0,
+                                          max_foreign_cores=args.max_foreign_cores, max_discarded=args.max_discarded)
+                times, gemm_times = timed["forward"], timed["gemm"]
                 latency = B.median(times)
                 rate = flops / latency
                 gemm_rate = gemm_flops / B.median(gemm_times)
@@ -141,7 +139,8 @@ def eval_section(args, device: torch.device, gemm: dict[str, dict[str, Any]]) ->
                     "achieved_gflop_per_s": rate / 1e9,
                     "gemm_gflop_per_s": gemm_rate / 1e9,
                     "share_of_gemm": B.median([(flops / t) / (gemm_flops / g) for t, g in zip(times, gemm_times)]),
-                    "times": times, "gemm_times": gemm_times,
+                    "times": times, "gemm_times": gemm_times, "discarded": timed["discarded"],
+                    "foreign_cores_max": max(timed["foreign_cores"]),
                     "load_before": load_before, "load_after": B.load_average(),
                 }
                 rows.append(row)
@@ -255,9 +254,12 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     resident = B.current_rss_bytes()
     reset = B.reset_peak_rss()
     flops = count_flops(step) if spec.get("count_flops") else None
-    times = B.repeat_timed(step, device, spec["repeats"], warmup=0, budget_s=spec["budget_s"])
+    timed = B.alternate_timed({"step": step}, device, spec["repeats"], warmup=0,
+                              max_foreign_cores=spec["max_foreign_cores"], max_discarded=spec["max_discarded"])
+    times = timed["step"]
     result = {
-        "step_s": B.median(times), "min_s": min(times), "runs": len(times),
+        "step_s": B.median(times), "min_s": min(times), "runs": len(times), "discarded": timed["discarded"],
+        "foreign_cores_max": max(timed["foreign_cores"]),
         "peak_rss_gib": B.gib(B.peak_rss_bytes()), "rss_before_step_gib": B.gib(resident),
         "peak_is_lifetime": not reset, "train_gflop": None if flops is None else flops / 1e9,
     }
@@ -276,6 +278,7 @@ def train_section(args, device: torch.device) -> list[dict[str, Any]]:
                     "batch": args.train_batch, "size": args.size, "device": str(device),
                     "threads": args.threads, "seed": args.seed, "repeats": args.train_repeats,
                     "budget_s": args.budget_s, "count_flops": args.train_flops,
+                    "max_foreign_cores": args.max_foreign_cores, "max_discarded": args.max_discarded,
                 }
                 load_before = B.load_average()
                 result = B.run_worker(HERE, {"kind": "train", **spec})
@@ -351,6 +354,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", nargs="*", default=[], choices=["eval", "train", "iou", "profile"])
     p.add_argument("--profile-batch", type=int, default=2, help="batch of the profiled forward")
     p.add_argument("--profile-top", type=int, default=12, help="single ops listed in the profile")
+    p.add_argument("--max-foreign-cores", type=float, default=0.2,
+                   help="discard (and repeat) a timed run during which other processes used more than "
+                        "this many cores on average (shared machines)")
+    p.add_argument("--max-discarded", type=int, default=10, help="discard at most this many runs per configuration")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -399,11 +406,12 @@ def main(argv: list[str] | None = None) -> None:
         B.print_table("Eval forward", [
             {**r, "% of GEMM": 100 * r["share_of_gemm"], "GFLOP/s": r["achieved_gflop_per_s"]}
             for r in results["eval"]
-        ], ["variant", "precision", "batch", "latency_s", "images_per_s", "gflop", "GFLOP/s", "% of GEMM", "runs"])
+        ], ["variant", "precision", "batch", "latency_s", "images_per_s", "gflop", "GFLOP/s", "% of GEMM", "runs",
+            "discarded", "foreign_cores_max"])
     if "train" in results:
         B.print_table("Training step", results["train"],
                       ["variant", "precision", "checkpointing", "batch", "step_s", "peak_rss_gib",
-                       "rss_before_step_gib", "train_gflop", "runs"])
+                       "rss_before_step_gib", "train_gflop", "runs", "discarded", "foreign_cores_max"])
     if "profile" in results:
         B.print_table("Where the time goes (one fp32 eval forward, op self time)", results["profile"],
                       ["variant", "batch", "kind", "self_s", "share", "calls"])
