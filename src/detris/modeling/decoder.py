@@ -104,7 +104,5 @@ class Decoder(nn.Module):
         x = vis.permute(0, 2, 3, 1).reshape(n, h * w, c).to(self.norm.weight.dtype)
         for layer in self.layers:
             x = layer(x, words, vis_pos, word_pos, keep)
-        # Back to a contiguous (N, C, H, W) map. The head's large 3x3 convolutions run as fast on a
-        # channels-last input in the forward pass, but their backward is 1.4-1.7x slower in that
-        # layout (oneDNN on CPU), so the head gets the standard layout.
+        # Back to (N, C, H, W) as a channels-last view (no copy); the head picks its layout.
         return self.norm(x).transpose(1, 2).reshape(n, c, h, w)

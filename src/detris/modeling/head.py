@@ -100,6 +100,13 @@ class Projector(nn.Module):
     def forward(self, x: Tensor, sentence: Tensor) -> Tensor:
         """x (N, 2*in_dim, H, W), sentence (N, text_dim) -> logits (N, 1, 4H, 4W)."""
         if self.fast_path:
+            # Memory layout of the two large 3x3 convolutions (oneDNN on CPU, measured at DETRIS-B
+            # sizes): channels-last runs their forward 1.1x faster, but their weight gradient 1.6-2x
+            # slower; so channels-last for inference and the standard layout when training.
+            if torch.is_grad_enabled() and self.training:
+                x = x.contiguous()
+            else:
+                x = x.contiguous(memory_format=torch.channels_last)
             up1, unit1, up2, unit2, pointwise = self.vis
             x = pointwise(upsample_then(up2, unit2, upsample_then(up1, unit1, x)))
         else:
