@@ -281,6 +281,32 @@ def test_stages_do_not_depend_on_the_memory_format(tiny):
         assert rel_diff(head_cl, head_nchw) < 1e-5
 
 
+def test_head_convolutions_are_channels_last_for_inference_and_standard_in_training():
+    """oneDNN's 3x3 convolutions: channels-last is faster forward, the standard layout is faster for
+    the weight gradient; the head picks by mode, whatever layout the decoder hands over."""
+    torch.manual_seed(0)
+    model = build_model("detris-tiny")
+    seen = []
+    # The conv + BN + ReLU units (in eval the folded convolution is called inside them, not as a module).
+    convs = [m for m in model.proj.vis if isinstance(m, nn.Sequential) and m[0].kernel_size == (3, 3)]
+    assert len(convs) == 2
+    hooks = [c.register_forward_pre_hook(lambda _m, args: seen.append(
+        "channels_last" if not args[0].is_contiguous() and args[0].is_contiguous(memory_format=torch.channels_last)
+        else "standard" if args[0].is_contiguous() else "other")) for c in convs]
+    images, tokens = torch.randn(2, 3, 112, 112), make_tokens(2, seed=8)
+    try:
+        _, loss = model.train()(images, tokens, torch.zeros(2, 1, 112, 112))
+        loss.backward()
+        training = seen[:2]
+        seen.clear()
+        with torch.no_grad():
+            model.eval()(images, tokens)
+        assert (training, seen) == (["standard"] * 2, ["channels_last"] * 2)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def test_block_residuals_match_the_written_formula(tiny):
     """``x + ls1(attn(norm1 x))`` then ``x + ls2(mlp(n) + s * aligner(n))``, written out."""
     block = next(b for b in tiny.dinov2.blocks if b.adapter is not None)
