@@ -67,17 +67,19 @@ def write_overlays(model: torch.nn.Module, scenes: list[Scene], out_dir: Path, m
 # * dice_weight 1: a Dice term on the probabilities upsampled the way evaluation does. With the
 #   official BCE alone (on a 4x-downsampled "nearest" copy of the mask) the probabilities of the small
 #   objects stay under the 0.35 threshold for hundreds of steps: val mIoU 0.18 vs 0.37 after 600 steps;
-# * fp32 with one compute thread plus one data-loading process: this CPU has no bf16 matrix units
-#   (autocast bf16 ran 3-35x slower); data loading costs about as much as the compute, so it runs on
-#   the other core; and one OpenMP thread does not stall when another job takes a core, whereas two
-#   threads then wait on each other (steps 7-18x slower when we measured it);
+# * fp32 on two compute threads with the data read in the training process: this CPU has no bf16
+#   matrix units (autocast bf16 ran 3-35x slower), and reading a 112 px sample costs ~1 ms against
+#   ~10 ms of compute, so a loader process would hold a core for little: two threads took 1.3x more
+#   steps per minute than one thread plus a loader on an idle machine. On a machine shared with
+#   other jobs use `--set train.num_threads=1 --set data.num_workers=1`: two threads then wait on each
+#   other whenever a core is taken (steps 7-18x slower when we measured it), one thread does not;
 # * 1500 training scenes: more variety than a 10-minute run can memorise, few validation passes.
 _DEMO = {
     "model": {"variant": "detris-tiny", "overrides": {"image_size": 112}},
-    "data": {"dataset": "synthetic", "num_workers": 1,
+    "data": {"dataset": "synthetic", "num_workers": 0,
              "synthetic": {"train_images": 1500, "val_images": 40, "image_size": [112, 112], "max_objects": 4}},
     "train": {"epochs": 100, "lr": 1.0e-3, "lr_schedule": "cosine", "batch_size": 16, "val_batch_size": 32,
-              "dice_weight": 1.0, "num_threads": 1, "device": "cpu", "precision": "fp32", "max_minutes": 10.0},
+              "dice_weight": 1.0, "num_threads": 2, "device": "cpu", "precision": "fp32", "max_minutes": 10.0},
     "output": {},
 }
 _QUICK = {  # the test's version: tiny scenes, ~120 small steps; learns enough to beat both baselines

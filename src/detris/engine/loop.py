@@ -216,7 +216,10 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(info.device)
     core = model
-    optimizer = torch.optim.Adam(_param_groups(core), lr=t.lr, weight_decay=t.weight_decay)
+    # The fused kernel updates every tensor in one pass (the same Adam arithmetic); the per-tensor loop
+    # of the default costs ~6x more, which shows on small models (7 ms of a 190 ms detris-tiny step).
+    optimizer = torch.optim.Adam(_param_groups(core), lr=t.lr, weight_decay=t.weight_decay,
+                                 fused=info.device.type in ("cpu", "cuda"))
     total_steps = t.epochs * sampler.steps_per_epoch
     total_steps = min(total_steps, t.max_steps) if t.max_steps is not None else total_steps
     per_step = t.lr_schedule != "multistep"
