@@ -28,23 +28,16 @@ from typing import Any, Optional, Sequence
 import torch
 
 from _bench import cpu_model_name as cpu_model  # benchmarks/ is on sys.path when run as a script
+from _bench import load_average
 from detris.demo import run_demo
 from detris.engine.tracking import read_metrics
 
 
-def load_average() -> Optional[float]:
-    """The 1-minute load average, or None where the system has none."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 def run_one(out_dir: Path, seed: int, minutes: float, quick: bool, overrides: Sequence[str]) -> dict[str, Any]:
     """Train the demo once; return its summary and the validation curve."""
-    load_before = load_average()
+    load_before = (load_average() or [None])[0]  # 1-minute
     result = run_demo(out_dir=out_dir, seed=seed, minutes=minutes, quick=quick, overrides=list(overrides))
-    load_after = load_average()
+    load_after = (load_average() or [None])[0]
     curve = [
         {"epoch": r["epoch"], "step": r["global_step"], "minutes": r.get("minutes"), "mIoU": r["mIoU"],
          "oIoU": r["oIoU"], "Pr@50": r["Pr@50"], "Pr@90": r["Pr@90"]}
