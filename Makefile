@@ -22,8 +22,11 @@ $(VENV)/.test: pyproject.toml $(VENV)/.core
 
 install: $(VENV)/.core
 
+# `make demo DEMO_ARGS="--minutes 1"` for a short run (CI does that before the tests).
+DEMO_ARGS ?=
+
 demo: $(VENV)/.core
-	$(BIN)/detris demo
+	$(BIN)/detris demo $(DEMO_ARGS)
 
 # The browser test drives Debian's Chromium through its chromedriver (no browser download: the
 # network reaches only package registries). Installed here when missing and apt-get is usable as root;
