@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union
 
 from PIL import Image
 
+from .bundled import DEMO_MODEL_NAME
 from .data.images import ImageLoadError, load_image
 from .predictor import Predictor, check_texts
 from .visualize import render_overlay
@@ -40,7 +41,6 @@ if TYPE_CHECKING:  # gradio is an optional dependency (the ``demo`` extra)
     import gradio as gr
 
 __all__ = [
-    "DEFAULT_MODEL",
     "DemoInputError",
     "DemoLimits",
     "build_app",
@@ -54,7 +54,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Model directory used when ``--model`` is not given (written by ``make demo``).
-DEFAULT_MODEL = "runs/demo/best"
 
 #: Environment that keeps Gradio and the Hugging Face client from calling home. Set before gradio is
 #: imported because some of it is read at import time; values the user set explicitly are kept.
@@ -334,6 +333,14 @@ def _upload_component(gr: Any, **kwargs: Any) -> Any:
     return ImageUpload(**kwargs)
 
 
+#: Shown when the page serves the bundled model, which has only ever seen synthetic scenes.
+BUNDLED_MODEL_NOTE = (
+    f"**`{DEMO_MODEL_NAME}` knows synthetic shapes only** (circles, squares, triangles and stars on grey). "
+    "For photos, serve a released DETRIS checkpoint: `detris convert-official CKPT.pth --variant detris-b "
+    "--out DIR`, then `detris serve --model DIR`."
+)
+
+
 def build_app(
     predictor: Predictor,
     max_upload_mb: float = 20.0,
@@ -342,6 +349,7 @@ def build_app(
     max_pixels: int = DemoLimits.max_pixels,
     max_expressions: int = DemoLimits.max_expressions,
     title: str = "DETRIS referring segmentation",
+    model_name: Optional[str] = None,
 ) -> "gr.Blocks":
     """The demo page as a Gradio Blocks app, queued and ready for `launch_app`.
 
@@ -352,6 +360,8 @@ def build_app(
         max_pixels: largest image (width x height).
         max_expressions: most expressions per request.
         title: page title and heading.
+        model_name: what the model was loaded from, shown on the page (the bundled demo model's
+            name adds a line saying what it knows and how to serve a released checkpoint instead).
     """
     gr = _import_gradio()
     if queue_size < 1:
@@ -387,8 +397,10 @@ def build_app(
                                      interactive=False, elem_id="detris-gallery",
                                      **_supported(gr.Gallery.__init__, fit_columns=False))
                 status = gr.Textbox(label="Status", lines=3, interactive=False, elem_id="detris-status")
+        if model_name == DEMO_MODEL_NAME:
+            gr.Markdown(BUNDLED_MODEL_NOTE, elem_id="detris-model-note")
         gr.Markdown(
-            f"Model: `{getattr(predictor.model.config, 'name', type(predictor.model).__name__)}` on "
+            f"Model: `{model_name or getattr(predictor.model.config, 'name', type(predictor.model).__name__)}` on "
             f"{predictor.device.type}. Files up to {limits.max_upload_mb:g} MB and "
             f"{limits.max_pixels / 1e6:.1f} MP. Requests are served one at a time; at most {queue_size} "
             "wait in the queue."
@@ -433,15 +445,7 @@ def launch_app(
 def _resolve_model(model: Optional[str]) -> Path:
     from .evaluate import _resolve_model_dir
 
-    if model is None:
-        default = Path(DEFAULT_MODEL)
-        if not default.is_dir():
-            raise FileNotFoundError(
-                f"no --model given and the default model {DEFAULT_MODEL} does not exist: run `make demo` "
-                "first (it trains a small demo model on the CPU), or pass --model DIR"
-            )
-        model = DEFAULT_MODEL
-    return _resolve_model_dir(model)
+    return _resolve_model_dir(model or DEMO_MODEL_NAME)
 
 
 def run_serve_command(args: argparse.Namespace) -> int:
@@ -462,10 +466,11 @@ def run_serve_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--queue-size must be at least 1, got {args.queue_size}")
     model_dir = _resolve_model(args.model)
     predictor = Predictor.from_pretrained(model_dir, device=args.device)
-    app = build_app(predictor, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size)
+    app = build_app(predictor, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
+                    model_name=str(args.model or DEMO_MODEL_NAME))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"detris serve: listening on {args.host}: the demo has no authentication; anyone who can "
               "reach this address can use it", file=sys.stderr)
-    print(f"detris serve: {predictor!r} from {model_dir}")
+    print(f"detris serve: {predictor!r} from {args.model or DEMO_MODEL_NAME} ({model_dir})")
     launch_app(app, args.host, args.port)
     return 0

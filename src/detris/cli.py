@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .bundled import DEMO_MODEL_NAME
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
@@ -131,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("predict", help="segment the objects that expressions refer to in your images")
-    p.add_argument("--model", required=True, help="model directory (save_pretrained) or Hub id")
+    p.add_argument("--model", default=DEMO_MODEL_NAME,
+                   help=f"model directory (save_pretrained) or Hub id (default: the bundled {DEMO_MODEL_NAME}, "
+                        "which knows synthetic shapes only)")
     p.add_argument("--image", required=True, help="an image file, or a folder of images")
     p.add_argument("--text", action="append", required=True, metavar="EXPRESSION",
                    help="referring expression (repeatable: one mask per expression)")
@@ -143,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("serve", help="web demo (Gradio)")
-    p.add_argument("--model", default=None, help="model directory or Hub id (default: runs/demo/best)")
+    p.add_argument("--model", default=DEMO_MODEL_NAME,
+                   help=f"model directory or Hub id (default: the bundled {DEMO_MODEL_NAME}, synthetic shapes only)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")

@@ -8,20 +8,20 @@ sigmoid -> bicubic -> inverse letterbox -> threshold 0.35), then writes overlays
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .build import build_model
 from .data.synthetic import Scene, SyntheticScenes
 from .data.transforms import letterbox_image, normalize_image
 from .postprocess import binarize, logits_to_probability
 from .tokenizer import tokenize
 from .visualize import save_overlay
 
-__all__ = ["segment", "run_demo"]
+__all__ = ["segment", "run_demo", "demo_settings"]
 
 
 @torch.no_grad()
@@ -75,7 +75,9 @@ def write_overlays(model: torch.nn.Module, scenes: list[Scene], out_dir: Path, m
 #   other whenever a core is taken (steps 7-18x slower when we measured it), one thread does not;
 # * 1500 training scenes: more variety than a 10-minute run can memorise, few validation passes.
 _DEMO = {
-    "model": {"variant": "detris-tiny", "overrides": {"image_size": 112}},
+    # The frozen towers: pretrained on synthetic scenes of another seed (tools/pretrain_tiny.py).
+    "model": {"variant": "detris-tiny", "overrides": {"image_size": 112},
+              "dinov2_weights": "bundled", "clip_weights": "bundled"},
     "data": {"dataset": "synthetic", "num_workers": 0,
              "synthetic": {"train_images": 1500, "val_images": 40, "image_size": [112, 112], "max_objects": 4}},
     "train": {"epochs": 100, "lr": 1.0e-3, "lr_schedule": "cosine", "batch_size": 16, "val_batch_size": 32,
@@ -87,6 +89,11 @@ _QUICK = {  # the test's version: tiny scenes, ~120 small steps; learns enough t
     "data": {"synthetic": {"train_images": 48, "val_images": 6, "image_size": [64, 64], "max_objects": 3}},
     "train": {"epochs": 4, "batch_size": 4, "lr": 2.0e-3},
 }
+
+
+def demo_settings(quick: bool = False) -> dict:
+    """A fresh copy of the demo's run settings (``quick``: the test's one-minute version)."""
+    return copy.deepcopy(_merge(_DEMO, _QUICK) if quick else _DEMO)
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -134,8 +141,7 @@ def run_demo(
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
-    spec = _merge(_DEMO, _QUICK) if quick else _DEMO
-    spec = _merge(spec, {"train": {"seed": seed, "max_minutes": minutes},
+    spec = _merge(demo_settings(quick), {"train": {"seed": seed, "max_minutes": minutes},
                          "data": {"synthetic": {"seed": seed}},
                          "output": {"dir": str(out_dir), "tensorboard": False}})
     cfg = config_from_dict(apply_overrides(spec, list(overrides)))

@@ -370,6 +370,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def _resolve_model_dir(name: str) -> Path:
     """A local model directory, or a Hub id fetched to one. Errors say what a model directory holds."""
+    from . import bundled
     from .weights import CONFIG_NAME, WEIGHTS_NAME
     from .weights import _resolve_model_dir as resolve_hub
 
@@ -377,6 +378,8 @@ def _resolve_model_dir(name: str) -> Path:
         f"a folder written by save_pretrained or `detris convert-official`, holding {CONFIG_NAME} + "
         f"{WEIGHTS_NAME}"
     )
+    if name == bundled.DEMO_MODEL_NAME:
+        return bundled.demo_model_dir()
     path = Path(name).expanduser()
     if path.is_dir():
         missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (path / f).is_file()]

@@ -104,7 +104,7 @@ class Predictor:
 
     Example::
 
-        predictor = Predictor(detris.from_pretrained("runs/demo/best"))
+        predictor = Predictor(detris.from_pretrained("detris-tiny-synthetic"))
         for p in predictor.predict("photo.jpg", ["the red cup", "the man on the left"]):
             print(p.text, p.area, p.mask.shape)
     """
@@ -291,6 +291,6 @@ def run_predict_command(args: argparse.Namespace) -> int:
         "errors": errors,
     }
     (out_dir / "predictions.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    print(f"detris predict: {len(records)} image(s) x {len(texts)} expression(s) -> {out_dir}"
+    print(f"detris predict: {len(records)} image(s) x {len(texts)} expression(s) with {args.model} -> {out_dir}"
           + (f" ({len(errors)} unreadable image(s) skipped)" if errors else ""))
     return 0 if records else 2

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import bundled
 from .variants import VARIANTS, DetrisConfig, get_variant
 
 PathLike = str | os.PathLike
@@ -71,7 +72,10 @@ def load_state_file(path: PathLike) -> StateDict | dict[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError, or OSError on a truncated tensor
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
     if _is_torchscript_archive(path):
         module = torch.jit.load(str(path), map_location="cpu")
         return {k: v for k, v in module.state_dict().items()}
@@ -517,17 +521,26 @@ def save_pretrained(
         "config": cfg.to_dict(),
     }
     if adapter_only:
-        meta["base_weights"] = {k: str(v) for k, v in base.items()}
+        meta["base_weights"] = {k: _base_name(v) for k, v in base.items()}
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
+
+
+def _base_name(path: PathLike) -> str:
+    """How ``config.json`` records a base backbone file: a file shipped with the package by its bare
+    name (found again wherever the package is installed), any other by its path."""
+    path = Path(path)
+    if path.parent.resolve() == bundled.assets_dir().resolve():
+        return path.name
+    return str(path)
 
 
 def _resolve_base(name: str, directory: Path) -> Path:
     candidates = [Path(name).expanduser()]
     if not candidates[0].is_absolute():
         home = Path(os.environ.get("DETRIS_HOME", Path.home() / ".cache" / "detris"))
-        candidates = [directory / name, home / name, home / Path(name).name]
+        candidates = [directory / name, home / name, home / Path(name).name, bundled.assets_dir() / name]
     for c in candidates:
         if c.is_file():
             return c
@@ -539,6 +552,8 @@ def _resolve_base(name: str, directory: Path) -> Path:
 
 
 def _resolve_model_dir(name_or_path: PathLike) -> Path:
+    if str(name_or_path) == bundled.DEMO_MODEL_NAME:
+        return bundled.demo_model_dir()
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -559,12 +574,25 @@ def from_pretrained(
     dinov2_weights: PathLike | None = None,
     clip_weights: PathLike | None = None,
 ):
-    """Load a model saved by ``save_pretrained`` (a local directory or a Hub id), in eval mode."""
+    """Load a model saved by ``save_pretrained`` (a local directory, a Hub id, or the bundled demo model
+    ``"detris-tiny-synthetic"``), in eval mode."""
+    directory = _resolve_model_dir(name_or_path)
+    if directory.resolve().is_relative_to(bundled.assets_dir().resolve()):
+        # A damaged bundled file is an installation problem: say so and how to repair it.
+        try:
+            return _load_model_dir(directory, dinov2_weights, clip_weights)
+        except bundled.BundledAssetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure to read a shipped file means the same fix
+            raise bundled.damaged(directory, err) from err
+    return _load_model_dir(directory, dinov2_weights, clip_weights)
+
+
+def _load_model_dir(directory: Path, dinov2_weights: PathLike | None, clip_weights: PathLike | None):
     from safetensors.torch import load_file
 
     from .build import build_model
 
-    directory = _resolve_model_dir(name_or_path)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for p in (config_path, weights_path):
         if not p.is_file():

@@ -37,6 +37,14 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("multistep", "cosine")
 
 
+#: ``model.dinov2_weights`` / ``model.clip_weights`` value naming the towers shipped with detris.
+BUNDLED = "bundled"
+
+
+def get_variant_name(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and its section."""
 
@@ -46,10 +54,15 @@ class ModelConfig:
     """What to build: a named variant, optional backbone files, variant field overrides."""
 
     variant: str = "detris-b"
-    dinov2_weights: Optional[str] = None  # official dinov2_vit{b,l}14_reg4_pretrain.pth
-    clip_weights: Optional[str] = None  # OpenAI ViT-B-16.pt
+    # Backbone files: official dinov2_vit{b,l}14_reg4_pretrain.pth / OpenAI ViT-B-16.pt, or "bundled"
+    # for the synthetic-scene towers shipped with detris (detris-tiny only).
+    dinov2_weights: Optional[str] = None
+    clip_weights: Optional[str] = None
     overrides: dict = field(default_factory=dict)  # DetrisConfig fields, e.g. {word_len: 22}
     grad_checkpointing: bool = False
+    # Train the towers as well (end-to-end pretraining, e.g. of the tiny towers the demo freezes);
+    # False is the official split: only adapters, neck, decoder and head learn.
+    train_backbones: bool = False
     # Official ``sync_bn: True``: BatchNorm statistics over the global batch under DDP. SyncBatchNorm
     # exists only for GPUs; on CPU (gloo) each process normalises its own micro-batch.
     sync_bn: bool = True
@@ -141,6 +154,10 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Value checks that types cannot express; raise `ConfigError` naming the key."""
         d, t = self.data, self.train
+        m = self.model
+        bundled = [k for k in ("dinov2_weights", "clip_weights") if getattr(m, k) == BUNDLED]
+        if bundled and get_variant_name(m.variant) != "detris-tiny":
+            raise ConfigError(f"model.{bundled[0]}: the bundled towers are detris-tiny's, not {m.variant!r}")
         if d.dataset not in DATASETS:
             raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; choose one of {list(DATASETS)}")
         if t.precision not in PRECISIONS:

@@ -16,13 +16,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..build import build_model
+from ..bundled import tiny_tower_paths
 from ..data.datasets import MixedReferDataset, ReferSegDataset, collate
 from ..data.refer import load_refer
 from ..metrics import SegmentationMeter
 from ..variants import get_variant
 from ..postprocess import binarize, logits_to_probability
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, restore_weights, save_checkpoint
-from .config import RunConfig, config_to_dict
+from .config import BUNDLED, RunConfig, config_to_dict
 from .distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, cleanup_distributed, init_distributed
 from .losses import upsampled_dice_loss
 from .schedule import ProgressSchedule
@@ -97,6 +98,19 @@ def build_datasets(cfg: RunConfig, run_dir: Path, info: DistInfo, input_size: in
     return train, val
 
 
+def _backbone_files(cfg: RunConfig) -> dict[str, str | None]:
+    """The backbone files of ``model.dinov2_weights`` / ``model.clip_weights`` ("bundled" resolved)."""
+    files: dict[str, str | None] = {}
+    for kind in ("dinov2", "clip"):
+        value = getattr(cfg.model, f"{kind}_weights")
+        if value == BUNDLED:
+            value = str(tiny_tower_paths()[kind])
+        elif value is not None and not Path(value).is_file():
+            raise FileNotFoundError(f"model.{kind}_weights: file {value} not found")
+        files[kind] = value
+    return files
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -111,10 +125,11 @@ def _autocast(precision: str, device: torch.device):
 
 
 def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """One Adam group per trainable module (adapters, neck, decoder, head), as the official code."""
+    """One Adam group per trainable module (adapters, neck, decoder, head), as the official code; the
+    towers' own weights, when they train too (``model.train_backbones``), form one last group."""
     seen: set[int] = set()
     groups = []
-    for module in model.trainable_modules():
+    for module in [*model.trainable_modules(), *model.backbone_modules()]:
         params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
         seen.update(id(p) for p in params)
         if params:
@@ -188,14 +203,13 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
 
     # Same seed on every rank: every process builds the same (random-init) backbones and heads.
     mcfg = get_variant(cfg.model.variant, **cfg.model.overrides)  # sizes, without building anything
-    for key in ("dinov2_weights", "clip_weights"):
-        value = getattr(cfg.model, key)
-        if value is not None and not Path(value).is_file():
-            raise FileNotFoundError(f"model.{key}: file {value} not found")
+    backbones = _backbone_files(cfg)
     input_size = cfg.data.input_size or mcfg.image_size
     train_ds, val_ds = build_datasets(cfg, run_dir, info, input_size, mcfg.word_len)
     _seed_everything(t.seed)
-    model = build_model(mcfg, cfg.model.dinov2_weights, cfg.model.clip_weights)
+    model = build_model(mcfg, backbones["dinov2"], backbones["clip"])
+    if cfg.model.train_backbones:
+        model.requires_grad_(True)
 
     micro = t.micro_batch_size or max(t.batch_size // info.world_size, 1)
     if t.batch_size % (info.world_size * micro):

@@ -1,0 +1,65 @@
+"""Files shipped inside the package: the tiny towers pretrained on synthetic scenes and the demo model.
+
+``detris-tiny`` mirrors DETRIS in miniature: its image and text towers were pretrained on synthetic
+referring scenes (``tools/pretrain_tiny.py``; provenance in ``docs/demo.md``) and are frozen by
+``detris demo``, which trains only the adapters, neck, decoder and head on top of them. The demo's
+result ships as an adapter-only model directory (``assets/detris-tiny-synthetic/``) recording the tower
+files by name, so ``detris predict`` and ``detris serve`` work right after installation.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+__all__ = [
+    "TINY_TOWER_FILES",
+    "DEMO_MODEL_NAME",
+    "BundledAssetError",
+    "assets_dir",
+    "bundled_file",
+    "tiny_tower_paths",
+    "demo_model_dir",
+]
+
+#: The pretrained tiny towers, each in its backbone's official key layout (fp16 safetensors).
+TINY_TOWER_FILES = {
+    "dinov2": "detris-tiny-synthetic-dinov2.safetensors",
+    "clip": "detris-tiny-synthetic-clip.safetensors",
+}
+#: Name of the bundled demo model (an adapter-only model directory on top of the tiny towers).
+DEMO_MODEL_NAME = "detris-tiny-synthetic"
+
+_REINSTALL = "reinstall detris (pip install --force-reinstall detris, or pip install -e . in a checkout)"
+
+
+class BundledAssetError(FileNotFoundError):
+    """A file that ships with the package is missing or damaged; the message says how to restore it."""
+
+
+def assets_dir() -> Path:
+    """The package's ``assets`` folder (a real directory: the package is installed unzipped)."""
+    return Path(str(importlib.resources.files("detris") / "assets"))
+
+
+def bundled_file(name: str) -> Path:
+    """Path of the bundled file ``name``; raises `BundledAssetError` naming it when it is absent."""
+    path = assets_dir() / name
+    if not path.exists():
+        raise BundledAssetError(f"the bundled file {path} is missing; {_REINSTALL}")
+    return path
+
+
+def tiny_tower_paths() -> dict[str, Path]:
+    """``{"dinov2": path, "clip": path}`` of the pretrained tiny towers."""
+    return {kind: bundled_file(name) for kind, name in TINY_TOWER_FILES.items()}
+
+
+def demo_model_dir() -> Path:
+    """The bundled demo model directory (``config.json`` + ``model.safetensors``)."""
+    return bundled_file(DEMO_MODEL_NAME)
+
+
+def damaged(path: Path, err: Exception) -> BundledAssetError:
+    """The error for a bundled model or file that exists but cannot be read (``err`` names the file)."""
+    return BundledAssetError(f"the bundled {path.name} cannot be read: {err}; {_REINSTALL}")
