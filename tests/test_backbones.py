@@ -4,14 +4,10 @@ import pytest
 import torch
 
 from detris.modeling import CLIPTextTransformer, DinoVisionTransformer
-from detris.weights import (
-    clip_text_from_transformers,
-    clip_text_to_transformers,
-    dinov2_from_transformers,
-    dinov2_to_transformers,
-    load_strict,
-    read_clip_text_weights,
-)
+from detris.weights import load_strict, read_clip_text_weights
+from detris.weights.clip import clip_text_from_transformers
+from detris.weights.dinov2 import dinov2_from_transformers
+from hf_formats import clip_text_to_transformers, dinov2_to_transformers
 
 transformers = pytest.importorskip("transformers")
 

@@ -182,12 +182,12 @@ def test_batch_1_equals_batch_8(batch8_run, layout, model_dir, tmp_path, capsys)
 
 
 def test_missing_data_root_shows_layout_before_loading_model(layout, model_dir, tmp_path, capsys, monkeypatch):
-    import detris.weights
+    import detris.cli.evaluate
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model must not be loaded before the data is checked")
 
-    monkeypatch.setattr(detris.weights, "from_pretrained", no_load)
+    monkeypatch.setattr(detris.cli.evaluate, "from_pretrained", no_load)
     argv = eval_argv(model_dir, layout)
     argv[argv.index("--data-root") + 1] = str(tmp_path / "nowhere")
     rc, out, err = run_cli(argv, capsys)

@@ -261,6 +261,6 @@ def test_decode(tok):
 
 
 def test_shared_instance_is_reused():
-    first = tokenizer_module._shared_tokenizer()
+    first = tokenizer_module.shared_tokenizer()
     tokenize("warm up")
-    assert tokenizer_module._shared_tokenizer() is first
+    assert tokenizer_module.shared_tokenizer() is first

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from detris import build_model, from_pretrained, load_official_checkpoint
-from detris.weights import CheckpointError, clip_text_to_transformers, dinov2_to_transformers, trainable_state_dict
+from detris.weights import CheckpointError, trainable_state_dict
+from hf_formats import clip_text_to_transformers, dinov2_to_transformers
 from official_formats import (
     ddp_checkpoint,
     randomize_detris_state,

@@ -33,7 +33,7 @@ from detris.bundled import TINY_TOWER_FILES, assets_dir
 from detris.demo import demo_settings
 from detris.engine.config import apply_overrides, config_from_dict
 from detris.engine.loop import train
-from detris.weights import from_pretrained
+from detris.pretrained import from_pretrained
 
 # Scenes of this seed are never used by the demo (seed 0 by default) or by the bundled model's checks.
 PRETRAIN_SEED = 20261201

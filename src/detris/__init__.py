@@ -12,7 +12,7 @@ Public face::
 from .build import build_model
 from .modeling import DETRIS
 from .variants import DetrisConfig, get_variant, list_variants
-from .weights import from_pretrained, load_official_checkpoint
+from .pretrained import from_pretrained, load_official_checkpoint
 
 __version__ = "0.1.0"
 

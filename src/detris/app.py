@@ -47,7 +47,7 @@ __all__ = [
     "launch_app",
     "make_handler",
     "parse_expressions",
-    "run_serve_command",
+    "import_gradio",
     "segment",
 ]
 
@@ -232,7 +232,7 @@ def make_handler(
     unexpected exception is logged with its traceback and answered with a short message, so a bug hit
     by one request does not look like a dead server to the next.
     """
-    gr = _import_gradio()
+    gr = import_gradio()
 
     # A refused input is the user's to fix, not a server fault: no traceback in the log.
     error_options = _supported(gr.Error.__init__, title="Cannot segment", print_exception=False)
@@ -290,7 +290,7 @@ def _supported(fn: Callable, **kwargs: Any) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def _import_gradio():
+def import_gradio():
     """Import gradio with the offline settings in place; ImportError names the extra to install."""
     _set_offline_env()
     try:
@@ -363,7 +363,7 @@ def build_app(
         model_name: what the model was loaded from, shown on the page (the bundled demo model's
             name adds a line saying what it knows and how to serve a released checkpoint instead).
     """
-    gr = _import_gradio()
+    gr = import_gradio()
     if queue_size < 1:
         raise ValueError(f"queue_size must be at least 1, got {queue_size}")
     limits = DemoLimits(max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_expressions=max_expressions)
@@ -440,37 +440,3 @@ def launch_app(
         # SSR would start a Node server; MCP and monitoring add endpoints the demo does not need.
         **_supported(app.launch, ssr_mode=False, mcp_server=False, enable_monitoring=False),
     )
-
-
-def _resolve_model(model: Optional[str]) -> Path:
-    from .evaluate import _resolve_model_dir
-
-    return _resolve_model_dir(model or DEMO_MODEL_NAME)
-
-
-def run_serve_command(args: argparse.Namespace) -> int:
-    """``detris serve``: load the model, build the page and serve it until interrupted.
-
-    Returns:
-        2 when Gradio is not installed (with the install command on stderr); the server's exit
-        otherwise. Model errors propagate as FileNotFoundError / ValueError for the CLI to print.
-    """
-    try:
-        _import_gradio()
-    except ImportError as exc:
-        print(f"detris serve: error: {exc}", file=sys.stderr)
-        return 2
-    if args.max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    if args.queue_size < 1:
-        raise ValueError(f"--queue-size must be at least 1, got {args.queue_size}")
-    model_dir = _resolve_model(args.model)
-    predictor = Predictor.from_pretrained(model_dir, device=args.device)
-    app = build_app(predictor, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
-                    model_name=str(args.model or DEMO_MODEL_NAME))
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"detris serve: listening on {args.host}: the demo has no authentication; anyone who can "
-              "reach this address can use it", file=sys.stderr)
-    print(f"detris serve: {predictor!r} from {args.model or DEMO_MODEL_NAME} ({model_dir})")
-    launch_app(app, args.host, args.port)
-    return 0

@@ -16,6 +16,8 @@ from .modeling import (
     TextAdapter,
 )
 from .variants import DetrisConfig, get_variant
+from .weights.clip import load_clip_text_weights
+from .weights.dinov2 import load_dinov2_weights
 
 
 def build_model(
@@ -82,8 +84,6 @@ def build_model(
     model.config = cfg
     model.base_weights = None
     if dinov2_weights is not None or clip_weights is not None:
-        from .weights import load_clip_text_weights, load_dinov2_weights
-
         if dinov2_weights is not None:
             load_dinov2_weights(model.dinov2, dinov2_weights)
         if clip_weights is not None:

@@ -136,8 +136,9 @@ def run_demo(
     from .data.datasets import ReferSegDataset
     from .data.refer import load_refer
     from .engine.config import apply_overrides, config_from_dict
-    from .engine.loop import check_output_dir, train
-    from .weights import from_pretrained
+    from .engine.loop import train
+    from .pretrained import from_pretrained
+    from .utils import check_output_dir
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir)

@@ -44,8 +44,9 @@ from .data.datasets import collate
 from .data.images import ImageLoadError
 from .metrics import PR_KEYS, SegmentationMeter, intersection_union
 from .postprocess import DEFAULT_THRESHOLD, binarize, logits_to_probability
+from .utils import resolve_device
 
-__all__ = ["EVAL_DATASETS", "evaluate", "format_table", "resolve_device", "run_eval_command"]
+__all__ = ["EVAL_DATASETS", "METRIC_KEYS", "PREDICTIONS_JSONL", "evaluate", "format_table", "json_safe"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -57,28 +58,6 @@ PREDICTIONS_JSONL = "predictions.jsonl"
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def resolve_device(device: Union[None, str, torch.device]) -> torch.device:
-    """``None`` -> ``cuda`` when available, else ``cpu``; a CUDA device that is not there is an error.
-
-    Raises:
-        ValueError: the string is not a device name, or names a CUDA device this machine lacks.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"invalid device {device!r} (use cpu, cuda or cuda:N): {exc}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-    return dev
 
 
 def _eval_collate(batch: Sequence[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
@@ -108,15 +87,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Recursively replace NaN/inf (not valid JSON) by ``None`` and numpy scalars by Python ones."""
     value = _plain(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -154,7 +133,7 @@ class _PredictionWriter:
         path = self.directory / name
         if not cv2.imwrite(str(path), pred.astype(np.uint8) * 255):
             raise OSError(f"could not write the prediction mask {path}")
-        self._jsonl.write(json.dumps(_json_safe({**record, "mask": name}), ensure_ascii=False) + "\n")
+        self._jsonl.write(json.dumps(json_safe({**record, "mask": name}), ensure_ascii=False) + "\n")
         self.count += 1
         return name
 
@@ -361,175 +340,3 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
             cells.append(f"{'n/a':>8}" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:>8.2f}")
         lines.append(f"{str(row['split']):<10}{int(row['expressions']):>12}" + "".join(cells))
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def _resolve_model_dir(name: str) -> Path:
-    """A local model directory, or a Hub id fetched to one. Errors say what a model directory holds."""
-    from . import bundled
-    from .weights import CONFIG_NAME, WEIGHTS_NAME
-    from .weights import _resolve_model_dir as resolve_hub
-
-    expected = (
-        f"a folder written by save_pretrained or `detris convert-official`, holding {CONFIG_NAME} + "
-        f"{WEIGHTS_NAME}"
-    )
-    if name == bundled.DEMO_MODEL_NAME:
-        return bundled.demo_model_dir()
-    path = Path(name).expanduser()
-    if path.is_dir():
-        missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (path / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"--model {name}: the folder lacks {', '.join(missing)}; expected {expected}")
-        return path
-    if path.exists():
-        raise FileNotFoundError(f"--model {name} is a file, not a model directory; expected {expected}")
-    if not _HUB_ID.fullmatch(name) or name.startswith((".", "~")):
-        raise FileNotFoundError(f"--model: model directory not found: {name}; expected {expected}")
-    try:
-        return resolve_hub(name)
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, missing huggingface_hub: one message
-        raise FileNotFoundError(
-            f"--model {name}: no such local directory, and fetching it from the Hugging Face Hub failed "
-            f"({type(exc).__name__}: {exc}); expected {expected}"
-        ) from None
-
-
-def _read_config(directory: Path) -> Any:
-    """The model's `DetrisConfig` from ``config.json`` alone (no weights read)."""
-    from .variants import DetrisConfig
-    from .weights import CONFIG_NAME
-
-    path = directory / CONFIG_NAME
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != "detris" or "config" not in meta:
-        raise ValueError(f"{path} is not a detris model config (no \"format\": \"detris\" / \"config\")")
-    return DetrisConfig.from_dict(meta["config"])
-
-
-def _check_images(dataset: Any, image_root: Path, skip_bad: bool) -> List[str]:
-    """Stat every image of the split before the model is loaded; returns the missing paths.
-
-    None found means ``--image-root`` is wrong: an error. Some missing is an error without
-    ``--skip-bad`` (they would stop the run midway), a warning with it.
-    """
-    paths = list(dict.fromkeys(e.image_path for e in dataset._entries))
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing and len(missing) == len(paths):
-        raise FileNotFoundError(
-            f"none of the {len(paths)} images of this split is under --image-root {image_root} "
-            f"(first expected: {missing[0]}); --image-root must be the folder the 'file_name' entries of "
-            f"instances.json are relative to (COCO train2014 for RefCOCO/+/g)"
-        )
-    if missing and not skip_bad:
-        shown = "\n  ".join(missing[:5]) + ("\n  ..." if len(missing) > 5 else "")
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(paths)} images of this split are missing under --image-root "
-            f"{image_root}:\n  {shown}\npass --skip-bad to evaluate without them"
-        )
-    return missing
-
-
-def run_eval_command(args: argparse.Namespace) -> int:
-    """``detris eval``: load a model and a REFER split, evaluate, print a table, optionally write JSON.
-
-    Every check that can fail on user input (device, model folder, data layout, split, image root)
-    runs before the weights are loaded and before any image is decoded.
-
-    Args:
-        args: ``model, dataset, split, data_root, image_root, batch_size, workers, device,
-            save_predictions, json, skip_bad`` (see ``detris eval --help``).
-
-    Returns:
-        0 on success (errors are raised: ``FileNotFoundError`` / ``ValueError`` with a clear message).
-    """
-    from .data.datasets import ReferSegDataset
-    from .data.refer import DATASETS, load_refer
-    from .weights import from_pretrained
-
-    if int(args.batch_size) < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if int(args.workers) < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.dataset not in DATASETS:
-        raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
-    device = resolve_device(args.device)
-    model_dir = _resolve_model_dir(str(args.model))
-    cfg = _read_config(model_dir)
-
-    # The REFER loader raises FileNotFoundError naming the missing file and showing the expected layout.
-    refer = load_refer(args.data_root, args.dataset)
-    refer.ref_ids(args.split)  # unknown split -> ValueError listing the available ones
-    image_root = Path(args.image_root)
-    if not image_root.is_dir():
-        raise FileNotFoundError(
-            f"--image-root {image_root} is not a folder; it must hold the images named by 'file_name' in "
-            f"{refer.instances_path} (COCO train2014 for RefCOCO/+/g)"
-        )
-    dataset = ReferSegDataset(
-        refer,
-        args.split,
-        mode="test",  # every sentence of every ref, as the official test loop
-        image_root=image_root,
-        input_size=cfg.image_size,
-        word_len=cfg.word_len,
-        skip_bad=bool(args.skip_bad),
-    )
-    missing = _check_images(dataset, image_root, bool(args.skip_bad))
-    if missing:
-        print(f"warning: {len(missing)} image(s) missing; they will be skipped", file=sys.stderr)
-
-    model = from_pretrained(model_dir)
-    print(
-        f"model {args.model} ({cfg.name}, input {cfg.image_size} px, word_len {cfg.word_len}) on {device}; "
-        f"{args.dataset} ({refer.split_by}) {args.split}: {dataset.num_refs} refs, {len(dataset)} expressions",
-        flush=True,
-    )
-    try:
-        result = evaluate(
-            model,
-            dataset,
-            batch_size=int(args.batch_size),
-            device=device,
-            workers=int(args.workers),
-            save_predictions=args.save_predictions,
-            progress=sys.stderr.isatty(),
-        )
-    except ImageLoadError as exc:
-        raise type(exc)(f"{exc}\n(pass --skip-bad to skip unreadable images and list them)") from None
-    row = {"split": args.split, **result}
-    print(format_table([row]))
-    if result["skipped"]:
-        print(
-            f"skipped {len(result['skipped'])} unreadable image(s) ({result['skipped_expressions']} expressions "
-            f"not scored):"
-        )
-        for path in result["skipped"]:
-            print(f"  {path}")
-    if args.save_predictions:
-        print(f"predictions: {args.save_predictions} ({result['expressions']} masks + {PREDICTIONS_JSONL})")
-    if args.json:
-        payload = {
-            "model": str(args.model),
-            "variant": cfg.name,
-            "dataset": args.dataset,
-            "split_by": refer.split_by,
-            "split": args.split,
-            "input_size": cfg.image_size,
-            "word_len": cfg.word_len,
-            "threshold": DEFAULT_THRESHOLD,
-            **result,
-            "percent": {k: round(100 * result[k], 2) for k in METRIC_KEYS},
-        }
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(_json_safe(payload), indent=2) + "\n", encoding="utf-8")
-        print(f"metrics written to {out}")
-    return 0

@@ -51,7 +51,10 @@ __all__ = [
     "export_metadata",
     "export_model",
     "read_metadata",
-    "run_export_command",
+    "check_batch_size",
+    "check_format",
+    "prepare_output",
+    "require_packages",
 ]
 
 PathLike = str | os.PathLike
@@ -81,19 +84,19 @@ class MissingExportDependency(ImportError):
 # ------------------------------------------------------------------------------------ validation
 
 
-def _check_format(fmt: str) -> str:
+def check_format(fmt: str) -> str:
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     return fmt
 
 
-def _check_batch_size(batch_size: Any) -> int:
+def check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ExportError(f"batch size must be a positive integer, got {batch_size!r}")
     return batch_size
 
 
-def _require_packages(fmt: str) -> None:
+def require_packages(fmt: str) -> None:
     """Fail before any slow work if the format's packages are missing."""
     if fmt != "onnx":
         return  # torch.export ships with torch
@@ -108,7 +111,7 @@ def _require_packages(fmt: str) -> None:
             ) from None
 
 
-def _prepare_output(out: PathLike, fmt: str, create: bool = False) -> Path:
+def prepare_output(out: PathLike, fmt: str, create: bool = False) -> Path:
     """Check the output path: the right suffix, not a folder, in a folder that takes new files.
 
     Called before the model is loaded or traced, so a bad ``--out`` costs nothing; missing folders are
@@ -334,11 +337,11 @@ def export_model(
         ExportError: bad format, batch size, output path or model (the message says what to change).
         MissingExportDependency: ONNX export without the ``onnx`` / ``onnxscript`` packages.
     """
-    fmt = _check_format(fmt)
-    batch_size = _check_batch_size(batch_size)
-    _require_packages(fmt)
+    fmt = check_format(fmt)
+    batch_size = check_batch_size(batch_size)
+    require_packages(fmt)
     cfg = _check_model(model)
-    path = _prepare_output(out, fmt, create=True)
+    path = prepare_output(out, fmt, create=True)
     device = next(model.parameters()).device
     example = example_inputs(cfg, batch_size, device)
     meta = export_metadata(cfg, batch_size)
@@ -376,43 +379,3 @@ def read_metadata(path: PathLike) -> dict[str, str]:
         torch.export.load(path, extra_files=extra)
         return json.loads(extra[PT2_METADATA_NAME]) if extra[PT2_METADATA_NAME] else {}
     raise ExportError(f"{path} is neither a .onnx nor a .pt2 file")
-
-
-# ------------------------------------------------------------------------------------ command line
-
-
-def run_export_command(args: argparse.Namespace) -> int:
-    """``detris export --model DIR_OR_HUB_ID --format onnx|torch-export --out FILE [--batch-size B]``.
-
-    Everything that can be checked without the model (format, batch size, output path, packages) is
-    checked before the model is loaded.
-    """
-    from .evaluate import _resolve_model_dir
-    from .weights import from_pretrained
-
-    try:
-        fmt = _check_format(args.format)
-        batch_size = _check_batch_size(args.batch_size)
-        _require_packages(fmt)
-    except MissingExportDependency as err:
-        print(f"detris export: error: {err}", file=sys.stderr)
-        return 2
-    out = _prepare_output(args.out, fmt)
-    model_dir = _resolve_model_dir(str(args.model))
-    model = from_pretrained(model_dir)
-    cfg = model.config
-    start, started_at = time.perf_counter(), time.time()
-    path = export_model(model, fmt, out, batch_size=batch_size)
-    side = 4 * cfg.image_size // cfg.patch_size
-    # An ONNX weight side file counts only if this export wrote it (not one left by an earlier export).
-    files = [path, path.with_name(path.name + ".data")]
-    size_mb = sum(f.stat().st_size for f in files if f.is_file() and f.stat().st_mtime >= started_at - 1) / 1e6
-    print(
-        f"exported {cfg.name} from {model_dir} to {path} ({fmt}, {size_mb:.1f} MB, "
-        f"{time.perf_counter() - start:.1f} s)\n"
-        f"  inputs : images float32 ({batch_size}, 3, {cfg.image_size}, {cfg.image_size}) CLIP-normalised, "
-        f"tokens int64 ({batch_size}, {cfg.word_len})\n"
-        f"  output : logits float32 ({batch_size}, 1, {side}, {side}); "
-        f"mask = sigmoid -> bicubic -> inverse letterbox -> > {DEFAULT_THRESHOLD}"
-    )
-    return 0

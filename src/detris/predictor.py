@@ -28,12 +28,10 @@ import torch
 from .data.images import ImageInput, ImageLoadError, load_image
 from .data.transforms import letterbox_image, normalize_image
 from .postprocess import DEFAULT_THRESHOLD, binarize, logits_to_probability
-from .tokenizer import _shared_tokenizer, tokenize
+from .tokenizer import shared_tokenizer, tokenize
+from .utils import resolve_device
 
-__all__ = ["Prediction", "Predictor", "check_texts", "run_predict_command", "IMAGE_SUFFIXES"]
-
-#: File suffixes ``detris predict --image FOLDER`` picks up (case-insensitive).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+__all__ = ["Prediction", "Predictor", "check_texts"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -75,7 +73,7 @@ def check_texts(texts: Union[str, Sequence[str]], word_len: int) -> tuple[list[s
     texts = list(texts)
     if not texts:
         raise ValueError("no expression given: pass at least one referring expression, e.g. 'the dog on the left'")
-    tok = _shared_tokenizer()
+    tok = shared_tokenizer()
     truncated = []
     for k, text in enumerate(texts):
         if not isinstance(text, str):
@@ -116,7 +114,6 @@ class Predictor:
         dtype: Union[None, str, torch.dtype] = None,
         max_batch: int = 8,
     ) -> None:
-        from .evaluate import resolve_device
 
         config = getattr(model, "config", None)
         if config is None or not hasattr(config, "image_size") or not hasattr(config, "word_len"):
@@ -148,7 +145,7 @@ class Predictor:
         **kwargs,
     ) -> "Predictor":
         """A Predictor for a model directory written by ``save_pretrained`` (or a Hub id)."""
-        from .weights import from_pretrained
+        from .pretrained import from_pretrained
 
         return cls(from_pretrained(name_or_path), device=device, dtype=dtype, **kwargs)
 
@@ -202,95 +199,3 @@ class Predictor:
     def __repr__(self) -> str:
         name = getattr(self.model.config, "name", type(self.model).__name__)
         return f"Predictor({name}, device={self.device}, dtype={self.dtype}, input={self.image_size}px)"
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def _image_files(path: Path) -> List[Path]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(
-                f"--image {path}: the folder holds no image files (looked for {', '.join(IMAGE_SUFFIXES)})"
-            )
-        return files
-    if not path.exists():
-        raise FileNotFoundError(f"--image {path}: no such file or folder")
-    return [path]
-
-
-def _output_stems(files: Sequence[Path]) -> Iterator[str]:
-    """File stems, made unique: ``a.jpg`` and ``a.png`` in one folder become ``a_jpg`` and ``a_png``."""
-    counts: dict[str, int] = {}
-    for f in files:
-        counts[f.stem] = counts.get(f.stem, 0) + 1
-    for f in files:
-        yield f.stem if counts[f.stem] == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}"
-
-
-def run_predict_command(args: argparse.Namespace) -> int:
-    """``detris predict``: masks, overlays and ``predictions.json`` for one image or a folder of them.
-
-    A single unreadable image is an error (exit 2); in a folder, unreadable images are listed under
-    ``"errors"`` in ``predictions.json`` and on stderr, and the others are still processed.
-    """
-    import cv2
-    from tqdm import tqdm
-
-    from .engine.loop import check_output_dir
-    from .evaluate import _resolve_model_dir
-    from .visualize import render_overlay
-
-    if not 0.0 < args.threshold < 1.0:
-        raise ValueError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
-    image_arg = Path(args.image).expanduser()
-    files = _image_files(image_arg)
-    out_dir = Path(args.out).expanduser()
-    check_output_dir(out_dir)
-    predictor = Predictor.from_pretrained(_resolve_model_dir(args.model), device=args.device, dtype=args.dtype)
-    texts, _ = check_texts(args.text, predictor.word_len)
-
-    records, errors = [], []
-    single = not image_arg.is_dir()
-    for path, stem in tqdm(list(zip(files, _output_stems(files))), desc="predict", unit="image",
-                           disable=single or not sys.stderr.isatty()):
-        try:
-            rgb = load_image(path)
-        except ImageLoadError as exc:
-            if single:
-                raise
-            errors.append({"image": str(path), "error": str(exc)})
-            print(f"detris predict: skipped {path}: {exc}", file=sys.stderr)
-            continue
-        preds = predictor.predict(rgb, texts, threshold=args.threshold)
-        entries = []
-        for i, p in enumerate(preds):
-            mask_name, overlay_name = f"{stem}_{i}_mask.png", f"{stem}_{i}_overlay.png"
-            if not cv2.imwrite(str(out_dir / mask_name), p.mask.astype(np.uint8) * 255):
-                raise OSError(f"could not write {out_dir / mask_name}")
-            render_overlay(rgb, p.mask, p.text).save(out_dir / overlay_name)
-            entries.append({
-                "index": i,
-                "text": p.text,
-                "mask": mask_name,
-                "overlay": overlay_name,
-                "area": p.area,
-                "area_fraction": p.area / float(p.mask.size),
-                "max_probability": float(np.max(p.probability)) if p.probability.size else math.nan,
-                "truncated": p.truncated,
-            })
-        records.append({"image": str(path), "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
-                        "predictions": entries})
-    summary = {
-        "model": str(args.model),
-        "variant": getattr(predictor.model.config, "name", None),
-        "threshold": args.threshold,
-        "dtype": str(predictor.dtype).replace("torch.", ""),
-        "images": records,
-        "errors": errors,
-    }
-    (out_dir / "predictions.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    print(f"detris predict: {len(records)} image(s) x {len(texts)} expression(s) with {args.model} -> {out_dir}"
-          + (f" ({len(errors)} unreadable image(s) skipped)" if errors else ""))
-    return 0 if records else 2

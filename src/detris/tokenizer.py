@@ -28,7 +28,7 @@ import ftfy
 import regex
 import torch
 
-__all__ = ["Tokenizer", "tokenize"]
+__all__ = ["Tokenizer", "shared_tokenizer", "tokenize"]
 
 _VOCAB_ASSET = "bpe_simple_vocab_16e6.txt.gz"
 # CLIP keeps only the first 49152 - 256 - 2 merges of the file so that bytes, end-of-word bytes,
@@ -198,7 +198,7 @@ def _read_merges(vocab_path: str | Path | None) -> list[tuple[str, str]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _shared_tokenizer() -> Tokenizer:
+def shared_tokenizer() -> Tokenizer:
     # Reading and indexing the vocabulary takes ~0.1 s; do it once, and only when first needed.
     return Tokenizer()
 
@@ -236,7 +236,7 @@ def tokenize(
     if context_length < 2:
         raise ValueError(f"context_length must be at least 2 (room for SOT and EOT), got {context_length}")
 
-    tok = _shared_tokenizer()
+    tok = shared_tokenizer()
     out = torch.zeros(len(texts), context_length, dtype=torch.long)
     for row, text in enumerate(texts):
         ids = [tok.sot_token_id, *tok.encode(text), tok.eot_token_id]

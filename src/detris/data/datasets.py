@@ -161,6 +161,10 @@ class _ExpressionDataset(Dataset):
         """Number of referred objects."""
         return len(self._entries)
 
+    def image_paths(self) -> list[str]:
+        """Every image file the dataset reads, once each, in first-use order."""
+        return list(dict.fromkeys(e.image_path for e in self._entries))
+
     @property
     def num_expressions(self) -> int:
         """Number of sentences over all objects (the length of the test mode)."""

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..weights import _atomic_write, load_strict, trainable_state_dict
+from ..utils import atomic_write
+from ..weights import load_strict, trainable_state_dict
 
 __all__ = ["capture_rng", "restore_rng", "save_checkpoint", "load_checkpoint", "restore_weights"]
 
@@ -59,10 +60,10 @@ def save_checkpoint(path: Path, model: nn.Module, full: bool, **state: Any) -> P
         "weights": {k: v.detach().cpu() for k, v in weights.items()},
         **state,
     }
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     info = {k: state[k] for k in ("epoch", "step_in_epoch", "global_step", "best") if k in state}
     info["checkpoint"] = path.name
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
     return path
 
 

@@ -22,6 +22,7 @@ from ..data.refer import load_refer
 from ..metrics import SegmentationMeter
 from ..variants import get_variant
 from ..postprocess import binarize, logits_to_probability
+from ..utils import check_output_dir
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, restore_weights, save_checkpoint
 from .config import BUNDLED, RunConfig, config_to_dict
 from .distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, cleanup_distributed, init_distributed
@@ -29,7 +30,7 @@ from .losses import upsampled_dice_loss
 from .schedule import ProgressSchedule
 from .tracking import MetricsLogger, plot_curves
 
-__all__ = ["TrainingDiverged", "train", "validate", "build_datasets", "check_output_dir"]
+__all__ = ["TrainingDiverged", "train", "validate", "build_datasets"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,17 +38,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ set-up
-def check_output_dir(directory: Path) -> None:
-    """Fail before any work when the output directory cannot be created or written."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"output.dir {directory} is not writable ({err.strerror or err})") from err
-
-
 def _synthetic_root(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Path:
     """Write the synthetic scenes in the REFER layout once (rank 0), keyed by their parameters."""
     from ..data.synthetic import write_refer_layout
@@ -193,7 +183,7 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
     run_dir = Path(cfg.output.dir)
     ckpt_dir = run_dir / "checkpoints"
     if info.is_main:
-        check_output_dir(run_dir)
+        check_output_dir(run_dir, "output.dir")
     if t.precision == "fp16" and info.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a GPU (GradScaler); use bf16 on CPU")
     ckpt = None

@@ -47,6 +47,7 @@ class DETRIS(nn.Module):
         self.feature_layers = tuple(feature_layers)
         self.word_len = word_len
         self.config = None  # set by build_model: the DetrisConfig this model was built from
+        self.processing = None  # set by from_pretrained: the preprocessing contract stored with the weights
 
     # ------------------------------------------------------------------ freezing
     def backbone_modules(self) -> list[nn.Module]:
@@ -97,32 +98,19 @@ class DETRIS(nn.Module):
                 module.fast_path = enabled
         return self
 
-    # ------------------------------------------------------------------ saving / loading
+    # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory, adapter_only: bool = False, base_weights=None):
-        """Write ``config.json`` + ``model.safetensors``; see ``detris.weights.save_pretrained``."""
-        from ..weights import save_pretrained
+        """Write ``config.json`` + ``model.safetensors``; see ``detris.weights.save_pretrained``.
+        (Loading is ``detris.from_pretrained``.)"""
+        from ..weights.detris_format import save_pretrained
 
         return save_pretrained(self, directory, adapter_only=adapter_only, base_weights=base_weights)
 
-    @classmethod
-    def from_pretrained(cls, name_or_path, dinov2_weights=None, clip_weights=None) -> "DETRIS":
-        """Load a directory (or Hub id) written by ``save_pretrained``; see ``detris.weights.from_pretrained``."""
-        from ..weights import from_pretrained
-
-        return from_pretrained(name_or_path, dinov2_weights=dinov2_weights, clip_weights=clip_weights)
-
     def push_to_hub(self, repo_id: str, adapter_only: bool = False, private: bool = False, **kwargs) -> str:
-        """Save to a temporary directory and upload it to the Hugging Face Hub (needs ``huggingface_hub``)."""
-        import tempfile
+        """Upload to the Hugging Face Hub (needs ``huggingface_hub``); see ``detris.weights.push_to_hub``."""
+        from ..weights.detris_format import push_to_hub
 
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, adapter_only=adapter_only)
-            api.upload_folder(repo_id=repo_id, folder_path=tmp, **kwargs)
-        return repo_id
+        return push_to_hub(self, repo_id, adapter_only=adapter_only, private=private, **kwargs)
 
     def parameter_counts(self) -> dict[str, int]:
         """Total, trainable and adapter parameters, and the backbones' size (for the adapter share)."""

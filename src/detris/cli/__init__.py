@@ -8,14 +8,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .bundled import DEMO_MODEL_NAME
+from ..bundled import DEMO_MODEL_NAME
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .build import build_model
-    from .variants import get_variant, list_variants
+    from ..build import build_model
+    from ..variants import get_variant, list_variants
 
     names = list_variants() if args.variant == "all" else [args.variant]
     rows = []
@@ -40,7 +40,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert_official(args: argparse.Namespace) -> int:
-    from .weights import load_official_checkpoint
+    from ..pretrained import load_official_checkpoint
 
     overrides = {"word_len": args.word_len} if args.word_len else {}
     model = load_official_checkpoint(args.checkpoint, variant=args.variant, **overrides)
@@ -50,7 +50,7 @@ def _cmd_convert_official(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(out_dir=Path(args.out), seed=args.seed, minutes=args.minutes, overrides=args.overrides)
     return 0
@@ -63,19 +63,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine.cli import run_train_command
+    from .train import run_train_command
 
     return run_train_command(args)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predictor import run_predict_command
+    from .predict import run_predict_command
 
     return run_predict_command(args)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .app import run_serve_command
+    from .serve import run_serve_command
 
     return run_serve_command(args)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import load_config
+from ..engine.config import load_config
 
 __all__ = ["run_train_command"]
 
 
 def run_train_command(args: argparse.Namespace) -> int:
     """Load and validate the config, then train; a diverged run exits with status 3."""
-    from .loop import TrainingDiverged, train
+    from ..engine.loop import TrainingDiverged, train
 
     cfg = load_config(args.config, list(args.overrides or []))
     if getattr(args, "save_full", False):

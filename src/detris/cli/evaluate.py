@@ -1,0 +1,139 @@
+"""``detris eval``: a model on a REFER split with the official protocol; a table, optionally JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..data.images import ImageLoadError
+from ..evaluate import EVAL_DATASETS, METRIC_KEYS, PREDICTIONS_JSONL, evaluate, format_table, json_safe
+from ..postprocess import DEFAULT_THRESHOLD
+from ..pretrained import from_pretrained, resolve_model_dir
+from ..utils import resolve_device
+from ..weights import read_model_dir
+
+__all__ = ["run_eval_command"]
+
+
+def _check_images(dataset: Any, image_root: Path, skip_bad: bool) -> list[str]:
+    """Stat every image of the split before the model is loaded; returns the missing paths.
+
+    None found means ``--image-root`` is wrong: an error. Some missing is an error without
+    ``--skip-bad`` (they would stop the run midway), a warning with it.
+    """
+    paths = dataset.image_paths()
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing and len(missing) == len(paths):
+        raise FileNotFoundError(
+            f"none of the {len(paths)} images of this split is under --image-root {image_root} "
+            f"(first expected: {missing[0]}); --image-root must be the folder the 'file_name' entries of "
+            f"instances.json are relative to (COCO train2014 for RefCOCO/+/g)"
+        )
+    if missing and not skip_bad:
+        shown = "\n  ".join(missing[:5]) + ("\n  ..." if len(missing) > 5 else "")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} images of this split are missing under --image-root "
+            f"{image_root}:\n  {shown}\npass --skip-bad to evaluate without them"
+        )
+    return missing
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    """``detris eval``: load a model and a REFER split, evaluate, print a table, optionally write JSON.
+
+    Every check that can fail on user input (device, model folder, data layout, split, image root)
+    runs before the weights are loaded and before any image is decoded.
+
+    Args:
+        args: ``model, dataset, split, data_root, image_root, batch_size, workers, device,
+            save_predictions, json, skip_bad`` (see ``detris eval --help``).
+
+    Returns:
+        0 on success (errors are raised: ``FileNotFoundError`` / ``ValueError`` with a clear message).
+    """
+    from ..data.datasets import ReferSegDataset
+    from ..data.refer import DATASETS, load_refer
+
+    if int(args.batch_size) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if int(args.workers) < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.dataset not in DATASETS:
+        raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
+    device = resolve_device(args.device)
+    model_dir = resolve_model_dir(str(args.model))
+    cfg = read_model_dir(model_dir).config
+
+    # The REFER loader raises FileNotFoundError naming the missing file and showing the expected layout.
+    refer = load_refer(args.data_root, args.dataset)
+    refer.ref_ids(args.split)  # unknown split -> ValueError listing the available ones
+    image_root = Path(args.image_root)
+    if not image_root.is_dir():
+        raise FileNotFoundError(
+            f"--image-root {image_root} is not a folder; it must hold the images named by 'file_name' in "
+            f"{refer.instances_path} (COCO train2014 for RefCOCO/+/g)"
+        )
+    dataset = ReferSegDataset(
+        refer,
+        args.split,
+        mode="test",  # every sentence of every ref, as the official test loop
+        image_root=image_root,
+        input_size=cfg.image_size,
+        word_len=cfg.word_len,
+        skip_bad=bool(args.skip_bad),
+    )
+    missing = _check_images(dataset, image_root, bool(args.skip_bad))
+    if missing:
+        print(f"warning: {len(missing)} image(s) missing; they will be skipped", file=sys.stderr)
+
+    model = from_pretrained(model_dir)
+    print(
+        f"model {args.model} ({cfg.name}, input {cfg.image_size} px, word_len {cfg.word_len}) on {device}; "
+        f"{args.dataset} ({refer.split_by}) {args.split}: {dataset.num_refs} refs, {len(dataset)} expressions",
+        flush=True,
+    )
+    try:
+        result = evaluate(
+            model,
+            dataset,
+            batch_size=int(args.batch_size),
+            device=device,
+            workers=int(args.workers),
+            save_predictions=args.save_predictions,
+            progress=sys.stderr.isatty(),
+        )
+    except ImageLoadError as exc:
+        raise type(exc)(f"{exc}\n(pass --skip-bad to skip unreadable images and list them)") from None
+    row = {"split": args.split, **result}
+    print(format_table([row]))
+    if result["skipped"]:
+        print(
+            f"skipped {len(result['skipped'])} unreadable image(s) ({result['skipped_expressions']} expressions "
+            f"not scored):"
+        )
+        for path in result["skipped"]:
+            print(f"  {path}")
+    if args.save_predictions:
+        print(f"predictions: {args.save_predictions} ({result['expressions']} masks + {PREDICTIONS_JSONL})")
+    if args.json:
+        payload = {
+            "model": str(args.model),
+            "variant": cfg.name,
+            "dataset": args.dataset,
+            "split_by": refer.split_by,
+            "split": args.split,
+            "input_size": cfg.image_size,
+            "word_len": cfg.word_len,
+            "threshold": DEFAULT_THRESHOLD,
+            **result,
+            "percent": {k: round(100 * result[k], 2) for k in METRIC_KEYS},
+        }
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(json_safe(payload), indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {out}")
+    return 0

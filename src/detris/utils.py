@@ -1,0 +1,75 @@
+"""Small helpers every layer uses: atomic writes that keep the user's umask, output folders, devices."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+__all__ = ["atomic_write", "check_output_dir", "resolve_device"]
+
+
+def _umask() -> int:
+    # os.umask both sets and returns; set it back at once (no thread reads it in between here).
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Write ``path`` by calling ``write(tmp)`` on a temporary file beside it, then renaming it over.
+
+    A reader never sees a half-written file and a failure (a full disk, an interrupt) leaves the
+    previous file untouched. The file gets the permissions a plain ``open(path, "w")`` would give
+    (``0o666`` less the umask): ``mkstemp``'s private ``0o600`` would hide models and checkpoints
+    from colleagues on a shared machine.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def check_output_dir(directory: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``directory`` and prove it writable before any work; raises ValueError naming it."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{what} {directory} is not writable ({err.strerror or err})") from err
+    return directory
+
+
+def resolve_device(device: None | str | torch.device) -> torch.device:
+    """``None`` -> ``cuda`` when available, else ``cpu``; a CUDA device that is not there is an error.
+
+    Raises:
+        ValueError: the string is not a device name, or names a CUDA device this machine lacks.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {device!r} (use cpu, cuda or cuda:N): {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return dev

@@ -1,0 +1,169 @@
+"""Our own format: a directory with ``config.json`` and ``model.safetensors``.
+
+``config.json`` holds the format and its version, the variant's sizes (``config``), the preprocessing
+contract (``processing``, see `detris.processing`) and, for an adapter-only model, the base backbone
+files it was built from (``base_weights``); ``model.safetensors`` holds every weight, or only the
+trained ones (adapter-only: a few MB on top of backbone files the user already has).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .. import bundled
+from ..processing import ProcessingConfig
+from ..utils import atomic_write
+from ..variants import DetrisConfig
+from .io import CheckpointError, PathLike, StateDict, describe_keys, load_strict
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "ModelFiles", "trainable_state_dict",
+           "save_pretrained", "push_to_hub", "read_model_dir", "load_trained_weights"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def trainable_state_dict(model: nn.Module) -> StateDict:
+    """What training changes: every trainable parameter plus the running statistics (BatchNorm buffers)
+    of the trainable modules. An adapter-only checkpoint stores exactly this."""
+    names: set[str] = {n for n, p in model.named_parameters() if p.requires_grad}
+    owners = {id(m) for m in model.trainable_modules()}
+    for prefix, module in model.named_modules():
+        if id(module) in owners:
+            names.update(f"{prefix}.{n}" for n, _ in module.named_buffers())
+    full = model.state_dict()
+    return {k: full[k] for k in sorted(names)}
+
+
+def _base_name(path: PathLike) -> str:
+    """How ``config.json`` records a base backbone file: a file shipped with the package by its bare
+    name (found again wherever the package is installed), any other by its path."""
+    path = Path(path)
+    if path.parent.resolve() == bundled.assets_dir().resolve():
+        return path.name
+    return str(path)
+
+
+def save_pretrained(
+    model: nn.Module,
+    directory: PathLike,
+    adapter_only: bool = False,
+    base_weights: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (each atomically, with the user's umask).
+
+    With ``adapter_only`` the safetensors file holds only ``trainable_state_dict(model)`` (a few MB) and
+    ``config.json`` records the base backbone files (``{"dinov2": ..., "clip": ...}``) that
+    ``from_pretrained`` loads first; relative names are resolved against the directory, then
+    ``$DETRIS_HOME`` (default ``~/.cache/detris``), then the files shipped with the package.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    cfg: DetrisConfig = model.config
+    if adapter_only:
+        base = dict(base_weights or getattr(model, "base_weights", None) or {})
+        if set(base) != {"dinov2", "clip"}:
+            raise ValueError(
+                "an adapter-only save needs the base backbone files: pass base_weights={'dinov2': ..., 'clip': ...} "
+                "(the DINOv2 .pth and the CLIP .pt the model was built from)"
+            )
+        tensors = trainable_state_dict(model)
+    else:
+        base = {}
+        tensors = model.state_dict()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    processing = getattr(model, "processing", None) or ProcessingConfig.for_model(cfg)
+    meta: dict[str, Any] = {
+        "format": "detris",
+        "format_version": FORMAT_VERSION,
+        "adapter_only": adapter_only,
+        "config": cfg.to_dict(),
+        "processing": processing.to_dict(),
+    }
+    if adapter_only:
+        meta["base_weights"] = {k: _base_name(v) for k, v in base.items()}
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    return directory
+
+
+def push_to_hub(model: nn.Module, repo_id: str, adapter_only: bool = False, private: bool = False,
+                **kwargs: Any) -> str:
+    """Save to a temporary directory and upload it to the Hugging Face Hub (needs ``huggingface_hub``)."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise ImportError("push_to_hub needs huggingface_hub: pip install 'detris[demo]'") from None
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, adapter_only=adapter_only)
+        api.upload_folder(repo_id=repo_id, folder_path=tmp, **kwargs)
+    return repo_id
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What ``config.json`` of a model directory says, read and checked without touching the weights."""
+
+    directory: Path
+    config: DetrisConfig
+    processing: ProcessingConfig
+    adapter_only: bool
+    base_weights: dict[str, str]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / WEIGHTS_NAME
+
+
+def read_model_dir(directory: PathLike) -> ModelFiles:
+    """Parse and check ``config.json`` of a model directory (the one place it is read)."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    for p in (config_path, directory / WEIGHTS_NAME):
+        if not p.is_file():
+            raise FileNotFoundError(f"{directory} lacks {p.name}: expected {CONFIG_NAME} + {WEIGHTS_NAME}")
+    try:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "detris" or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{config_path} is not a detris model config (no \"format\": \"detris\" / \"config\")")
+    try:
+        cfg = DetrisConfig.from_dict(meta["config"])
+        processing = ProcessingConfig.from_dict(meta.get("processing"), cfg)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    adapter_only = bool(meta.get("adapter_only"))
+    base = meta.get("base_weights") or {}
+    if adapter_only and (not isinstance(base, dict) or set(base) != {"dinov2", "clip"}):
+        raise CheckpointError(f"{config_path}: an adapter-only model must name its dinov2 and clip base_weights")
+    return ModelFiles(directory, cfg, processing, adapter_only, dict(base))
+
+
+def load_trained_weights(model: nn.Module, files: ModelFiles) -> None:
+    """Strictly load ``model.safetensors`` into a model built from ``files.config`` (with the base
+    backbone files already loaded when the model is adapter-only)."""
+    from .io import load_state_file
+    from .official import load_detris_state
+
+    tensors = load_state_file(files.weights_path)
+    if not files.adapter_only:
+        load_detris_state(model, tensors, what=f"weights {files.weights_path}")
+        return
+    expected = trainable_state_dict(model)
+    what = f"adapter-only weights {files.weights_path}"
+    load_strict(model, tensors, what=what, skip_missing=[k for k in model.state_dict() if k not in expected])
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{what} lack trainable keys: {describe_keys(missing)}")
