@@ -174,7 +174,7 @@ def segment(
     predictor: Predictor,
     image: Union[None, str, os.PathLike],
     text: Optional[str],
-    threshold: float = 0.35,
+    threshold: Optional[float] = None,
     limits: DemoLimits = DemoLimits(),
 ) -> Tuple[List[Tuple[Image.Image, str]], str]:
     """One demo request: overlays and a status text for an uploaded image file and the text box.
@@ -183,7 +183,7 @@ def segment(
         predictor: the model.
         image: path of the uploaded file (None when nothing was uploaded).
         text: the text box: one expression per line.
-        threshold: mask threshold, strictly between 0 and 1.
+        threshold: mask threshold, strictly between 0 and 1 (default: the model's stored one).
         limits: request limits.
 
     Returns:
@@ -196,6 +196,7 @@ def segment(
     if image is None or (isinstance(image, str) and not image):
         raise DemoInputError("upload an image first (PNG, JPEG, WebP, BMP, GIF or TIFF)")
     expressions = parse_expressions(text, limits)
+    threshold = predictor.processing.threshold if threshold is None else threshold
     if not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) < 1.0):
         raise DemoInputError(f"the threshold must be strictly between 0 and 1, got {threshold!r}")
     # Text errors (an expression with no tokens) are cheaper to find than image errors.
@@ -237,7 +238,7 @@ def make_handler(
     # A refused input is the user's to fix, not a server fault: no traceback in the log.
     error_options = _supported(gr.Error.__init__, title="Cannot segment", print_exception=False)
 
-    def segment_image(image: Optional[str], text: Optional[str], threshold: float = 0.35):
+    def segment_image(image: Optional[str], text: Optional[str], threshold: Optional[float] = None):
         """Segment the object each line of ``text`` refers to in ``image``."""
         try:
             return segment(predictor, image, text, threshold, limits)
@@ -388,7 +389,7 @@ def build_app(
                     placeholder="the dog on the left\nthe red cup", max_length=limits.max_text_chars,
                     elem_id="detris-text",
                 )
-                threshold = gr.Slider(0.05, 0.95, value=0.35, step=0.05, label="Mask threshold",
+                threshold = gr.Slider(0.05, 0.95, value=predictor.processing.threshold, step=0.05, label="Mask threshold",
                                       elem_id="detris-threshold")
                 button = gr.Button("Segment", variant="primary", elem_id="detris-run")
             with gr.Column():

@@ -1,8 +1,8 @@
 """``detris demo``: the synthetic end-to-end demo (no downloads, CPU only).
 
-Generates procedural referring scenes, builds ``detris-tiny`` and segments scenes with the official
-pre- and post-processing (letterbox + CLIP normalisation, CLIP tokens of the model's ``word_len``,
-sigmoid -> bicubic -> inverse letterbox -> threshold 0.35), then writes overlays
+Generates procedural referring scenes, trains ``detris-tiny`` on them (its towers, pretrained on other
+synthetic scenes, frozen; adapters, neck, decoder and head trained, as DETRIS-B is), segments validation
+scenes through `Predictor` (the official pre- and post-processing), then writes overlays
 (``overlay_*.png``: image, expression, predicted mask tinted, true mask outlined) into ``out_dir``.
 """
 
@@ -16,39 +16,20 @@ import numpy as np
 import torch
 
 from .data.synthetic import Scene, SyntheticScenes
-from .data.transforms import letterbox_image, normalize_image
-from .postprocess import binarize, logits_to_probability
-from .tokenizer import tokenize
+from .predictor import Predictor
 from .visualize import save_overlay
 
-__all__ = ["segment", "run_demo", "demo_settings"]
-
-
-@torch.no_grad()
-def segment(model: torch.nn.Module, image: np.ndarray, texts: list[str]) -> list[np.ndarray]:
-    """Masks (bool, original size) of the objects ``texts`` refer to in one RGB uint8 image."""
-    size = model.config.image_size
-    warped, _mat, inv = letterbox_image(image, size)
-    x = normalize_image(warped).unsqueeze(0).expand(len(texts), -1, -1, -1)
-    tokens = tokenize(texts, context_length=model.config.word_len)
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(x, tokens)
-    finally:
-        model.train(was_training)
-    h, w = image.shape[:2]
-    probs = logits_to_probability(logits, (size, size), [inv] * len(texts), [(h, w)] * len(texts))
-    return [binarize(p) for p in probs]
+__all__ = ["run_demo", "demo_settings", "write_overlays"]
 
 
 def write_overlays(model: torch.nn.Module, scenes: list[Scene], out_dir: Path, max_items: int = 8) -> list[Path]:
     """Segment the first expression of every object of ``scenes`` and write ``overlay_*.png`` files."""
+    predictor = Predictor(model, device="cpu")
     paths: list[Path] = []
     for scene in scenes:
         texts = [obj.expressions[0] for obj in scene.objects]
-        masks = segment(model, scene.image, texts)
-        for k, (obj, pred) in enumerate(zip(scene.objects, masks)):
+        masks = [p.mask for p in predictor.predict(scene.image, texts)]
+        for k, (obj, pred) in enumerate(zip(scene.objects, masks, strict=True)):
             if len(paths) >= max_items:
                 return paths
             name = f"overlay_{scene.index:03d}_{k}.png"

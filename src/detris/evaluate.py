@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
@@ -38,12 +39,14 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 from .data.datasets import collate
 from .data.images import ImageLoadError
 from .metrics import PR_KEYS, SegmentationMeter, intersection_union
-from .postprocess import DEFAULT_THRESHOLD, binarize, logits_to_probability
+from .inference import segment
+from .postprocess import DEFAULT_THRESHOLD
 from .utils import resolve_device
 
 __all__ = ["EVAL_DATASETS", "METRIC_KEYS", "PREDICTIONS_JSONL", "evaluate", "format_table", "json_safe"]
@@ -144,20 +147,6 @@ class _PredictionWriter:
 # ------------------------------------------------------------------------------------------ evaluate
 
 
-@torch.inference_mode()
-def _forward(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, batch_invariant: bool) -> torch.Tensor:
-    """``images (N, 3, S, S)``, ``tokens (N, L)`` -> logits ``(N, 1, h, w)`` (float32 on the device)."""
-    if batch_invariant:
-        # One sample per call: the rounding of every op is then that of the official batch-1 loop.
-        logits = torch.cat([model(images[i : i + 1], tokens[i : i + 1]) for i in range(images.shape[0])])
-    else:
-        logits = model(images, tokens)
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or logits.shape[:2] != (images.shape[0], 1):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"the model returned {shape}; expected logits of shape (N={images.shape[0]}, 1, h, w)")
-    return logits
-
-
 def _batches(loader: DataLoader) -> Iterator[Dict[str, Any]]:
     """Iterate a DataLoader, turning a worker's wrapped `ImageLoadError` back into its one-line message.
 
@@ -181,6 +170,63 @@ def _batches(loader: DataLoader) -> Iterator[Dict[str, Any]]:
         yield batch
 
 
+@dataclass
+class _Scores:
+    """What the scoring loop accumulates."""
+
+    meter: SegmentationMeter = field(default_factory=SegmentationMeter)
+    skipped: Dict[str, str] = field(default_factory=dict)  # path -> reason, first-seen order
+    skipped_expressions: int = 0
+
+
+def _check_arguments(dataset: Dataset, batch_size: int, workers: int, rank: int, world_size: int) -> None:
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(workers) < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("the dataset is empty: nothing to evaluate")
+    if getattr(dataset, "mode", None) == "train":
+        raise ValueError(
+            "the dataset is in train mode (one random sentence, no original-size mask); build it with "
+            "mode='test' (every sentence, the official evaluation) or mode='val'"
+        )
+
+
+def _note_skipped(batch: Dict[str, Any], scores: _Scores) -> int:
+    for path, reason in zip(batch["skipped"], batch["skip_reasons"]):
+        scores.skipped_expressions += 1
+        if path not in scores.skipped:
+            scores.skipped[path] = reason
+            # Printed as it happens (through tqdm so the bar is not torn): a long run should not hide
+            # a bad file until the end.
+            tqdm.write(f"skipped unreadable image: {reason or path}", file=sys.stderr)
+    return len(batch["skipped"])
+
+
+def _score_batch(model: nn.Module, batch: Dict[str, Any], dev: torch.device, scores: _Scores,
+                 writer: Optional[_PredictionWriter], options: Dict[str, Any]) -> int:
+    """Segment and score one collated batch; returns the number of expressions it held."""
+    if "mask_orig" not in batch:
+        raise ValueError("dataset items lack 'mask_orig' (the original-size ground truth); use mode='test'")
+    images = batch["image"].to(dev, non_blocking=True)
+    tokens = batch["tokens"].to(dev, non_blocking=True)
+    _probs, masks = segment(model, images, tokens, batch["inverse"], batch["orig_size"], **options)
+    for i, pred in enumerate(masks):
+        # Pixel counts against the original-size ground truth (non-zero = object).
+        inter, union = intersection_union(pred, batch["mask_orig"][i])
+        iou = scores.meter.add(inter, union)
+        if writer is not None:
+            writer.write(pred, {
+                "ref_id": _plain(batch["ref_id"][i]), "sent_id": _plain(batch["sent_id"][i]),
+                "sentence": batch["sentence"][i], "iou": iou, "intersection": inter, "union": union,
+                "dataset": batch["dataset"][i], "image": batch["image_path"][i],
+            })
+    return len(masks)
+
+
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
@@ -191,12 +237,19 @@ def evaluate(
     progress: bool = True,
     batch_invariant: bool = True,
     threshold: float = DEFAULT_THRESHOLD,
+    *,
+    dtype: Optional[torch.dtype] = None,
+    rank: int = 0,
+    world_size: int = 1,
+    max_items: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Score a model on a dataset with the official protocol (see the module docstring).
 
+    The one scoring loop: ``detris eval`` and the training loop's validation both run it.
+
     Args:
         model: a DETRIS model (``forward(images (N,3,S,S), tokens (N,L)) -> logits (N,1,h,w)``). It is
-            moved to ``device`` and put in eval mode; its train/eval mode is restored afterwards.
+            moved to ``device`` and run in eval mode; its train/eval mode is restored afterwards.
         dataset: a `ReferSegDataset` / `JsonlSegDataset` / `MixedReferDataset` in ``test`` mode (every
             sentence; ``val`` mode -- first sentence per ref -- works too). Items must carry
             ``mask_orig``, ``inverse`` and ``orig_size``; with ``skip_bad=True`` unreadable images are
@@ -211,6 +264,10 @@ def evaluate(
         batch_invariant: run the model one sample at a time so that results do not depend on
             ``batch_size`` (default, official batch-1 numerics); ``False`` runs one forward per batch.
         threshold: probability threshold (official 0.35, compared with ``>``).
+        dtype: autocast dtype of the forward pass; None = float32 (the protocol).
+        rank, world_size: score every ``world_size``-th item starting at ``rank`` and sum the meters
+            over the processes (``torch.distributed`` must be initialised when ``world_size > 1``).
+        max_items: score only the first N items.
 
     Returns:
         ``{"mIoU", "oIoU", "Pr@50", ..., "Pr@90"}`` as fractions in [0, 1] (NaN when nothing was
@@ -223,24 +280,12 @@ def evaluate(
         ValueError: bad arguments, an empty dataset, train-mode items (no original-size mask), or an
             unreadable image when the dataset was not built with ``skip_bad=True`` (the message names it).
     """
-    from tqdm.auto import tqdm
-
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if int(workers) < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    if len(dataset) == 0:  # type: ignore[arg-type]
-        raise ValueError("the dataset is empty: nothing to evaluate")
-    mode = getattr(dataset, "mode", None)
-    if mode == "train":
-        raise ValueError(
-            "the dataset is in train mode (one random sentence, no original-size mask); build it with "
-            "mode='test' (every sentence, the official evaluation) or mode='val'"
-        )
+    _check_arguments(dataset, batch_size, workers, rank, world_size)
     dev = resolve_device(device)
-
+    n = len(dataset) if max_items is None else min(len(dataset), max_items)  # type: ignore[arg-type]
+    items = dataset if (n, world_size) == (len(dataset), 1) else Subset(dataset, range(rank, n, world_size))  # type: ignore[arg-type]
     loader = DataLoader(
-        dataset,
+        items,
         batch_size=int(batch_size),
         shuffle=False,  # dataset order -> predictions.jsonl order does not depend on the batch size
         num_workers=int(workers),
@@ -248,64 +293,24 @@ def evaluate(
         pin_memory=dev.type == "cuda",
     )
     writer = _PredictionWriter(save_predictions) if save_predictions is not None else None
-    meter = SegmentationMeter()
-    skipped: Dict[str, str] = {}  # path -> reason; a dict keeps first-seen order and de-duplicates
-    skipped_expressions = 0
-    was_training = model.training
-    model.to(dev).eval()
+    scores = _Scores()
+    options = {"threshold": threshold, "dtype": dtype, "one_at_a_time": batch_invariant}
+    model.to(dev)
     start = time.perf_counter()
-    bar = tqdm(total=len(dataset), unit="expr", desc="eval", disable=not progress, dynamic_ncols=True)  # type: ignore[arg-type]
+    bar = tqdm(total=len(items), unit="expr", desc="eval", disable=not progress, dynamic_ncols=True)  # type: ignore[arg-type]
     try:
         for batch in _batches(loader):
-            for path, reason in zip(batch["skipped"], batch["skip_reasons"]):
-                skipped_expressions += 1
-                if path not in skipped:
-                    skipped[path] = reason
-                    # Printed as it happens (through tqdm so the bar is not torn): a long run should
-                    # not hide a bad file until the end.
-                    tqdm.write(f"skipped unreadable image: {reason or path}", file=sys.stderr)
-            n_skipped = len(batch["skipped"])
-            if "image" not in batch:
-                bar.update(n_skipped)
-                continue
-            if "mask_orig" not in batch:
-                raise ValueError("dataset items lack 'mask_orig' (the original-size ground truth); use mode='test'")
-            images = batch["image"].to(dev, non_blocking=True)
-            tokens = batch["tokens"].to(dev, non_blocking=True)
-            logits = _forward(model, images, tokens, batch_invariant)
-            input_hw = tuple(images.shape[-2:])
-            for i in range(logits.shape[0]):
-                # Post-processing per sample: the same float ops whatever the batch holds.
-                prob = logits_to_probability(
-                    logits[i : i + 1], input_hw, batch["inverse"][i : i + 1], batch["orig_size"][i : i + 1]
-                )[0]
-                pred = binarize(prob, threshold)
-                # Pixel counts against the original-size ground truth (non-zero = object).
-                inter, union = intersection_union(pred, batch["mask_orig"][i])
-                iou = meter.add(inter, union)
-                if writer is not None:
-                    writer.write(
-                        pred,
-                        {
-                            "ref_id": _plain(batch["ref_id"][i]),
-                            "sent_id": _plain(batch["sent_id"][i]),
-                            "sentence": batch["sentence"][i],
-                            "iou": iou,
-                            "intersection": inter,
-                            "union": union,
-                            "dataset": batch["dataset"][i],
-                            "image": batch["image_path"][i],
-                        },
-                    )
-            bar.update(logits.shape[0] + n_skipped)
-            if meter.count:
-                bar.set_postfix(mIoU=f"{100 * meter.iou_sum / meter.count:.2f}", refresh=False)
+            done = _note_skipped(batch, scores)
+            if "image" in batch:
+                done += _score_batch(model, batch, dev, scores, writer, options)
+            bar.update(done)
+            if scores.meter.count:
+                bar.set_postfix(mIoU=f"{100 * scores.meter.iou_sum / scores.meter.count:.2f}", refresh=False)
     finally:
         bar.close()
         if writer is not None:
             writer.close()
-        model.train(was_training)
-
+    meter = scores.meter.all_reduce() if world_size > 1 else scores.meter
     summary = meter.summary()
     result: Dict[str, Any] = {key: summary[key] for key in METRIC_KEYS}
     result.update(
@@ -313,9 +318,9 @@ def evaluate(
         total_expressions=len(dataset),  # type: ignore[arg-type]
         inter_sum=meter.inter_sum,
         union_sum=meter.union_sum,
-        skipped=list(skipped),
-        skip_reasons=dict(skipped),
-        skipped_expressions=skipped_expressions,
+        skipped=list(scores.skipped),
+        skip_reasons=dict(scores.skipped),
+        skipped_expressions=scores.skipped_expressions,
         batch_size=int(batch_size),
         device=str(dev),
         batch_invariant=bool(batch_invariant),

@@ -26,6 +26,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .postprocess import DEFAULT_THRESHOLD
+
 __all__ = [
     "IOU_EPS",
     "PR_THRESHOLDS",
@@ -115,7 +117,7 @@ def batch_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def train_batch_metrics(
-    logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.35, pr_iou: float = 0.5
+    logits: torch.Tensor, target: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, pr_iou: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The official training-time monitor (``trainMetricGPU``): mean IoU and Pr@``pr_iou`` in percent.
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from .data.images import ImageInput, ImageLoadError, load_image
-from .data.transforms import letterbox_image, normalize_image
-from .postprocess import DEFAULT_THRESHOLD, binarize, logits_to_probability
+from .inference import prepare_image, segment
+from .processing import ProcessingConfig
 from .tokenizer import shared_tokenizer, tokenize
 from .utils import resolve_device
 
@@ -133,8 +133,10 @@ class Predictor:
         self.dtype = dtype or torch.float32
         self.max_batch = int(max_batch)
         self.model = model.to(self.device).eval()
-        self.image_size = int(config.image_size)
-        self.word_len = int(config.word_len)
+        # The preprocessing contract stored with the weights (the official one for older files).
+        self.processing: ProcessingConfig = getattr(model, "processing", None) or ProcessingConfig.for_model(config)
+        self.image_size = self.processing.input_size
+        self.word_len = self.processing.word_len
 
     @classmethod
     def from_pretrained(
@@ -149,17 +151,11 @@ class Predictor:
 
         return cls(from_pretrained(name_or_path), device=device, dtype=dtype, **kwargs)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
-    @torch.inference_mode()
     def predict(
         self,
         image: ImageInput,
         texts: Union[str, Sequence[str]],
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: Optional[float] = None,
     ) -> List[Prediction]:
         """Segment what each expression refers to.
 
@@ -167,7 +163,8 @@ class Predictor:
             image: a path, a PIL image (any mode; EXIF orientation applied) or an ``(H, W, 3)`` uint8
                 array (``(H, W)`` grey and ``(H, W, 4)`` RGBA arrays are accepted too).
             texts: one expression or a list of them.
-            threshold: probability threshold (``prob > threshold``); 0.35 is the official protocol's.
+            threshold: probability threshold (``prob > threshold``); default the model's stored one
+                (``processing.threshold``: 0.35, the official protocol's).
 
         Returns:
             one `Prediction` per expression, in order; masks are bool ``(H, W)`` at the image's size.
@@ -176,24 +173,22 @@ class Predictor:
             ImageLoadError: the image cannot be read (names the file and the reason).
             ValueError: an empty expression, or a threshold outside (0, 1).
         """
+        threshold = self.processing.threshold if threshold is None else threshold
         if not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) < 1.0):
             raise ValueError(f"threshold must be a number strictly between 0 and 1, got {threshold!r}")
         texts, truncated = check_texts(texts, self.word_len)
         rgb = load_image(image)
-        h, w = rgb.shape[:2]
-        warped, _mat, inv = letterbox_image(rgb, self.image_size)
-        pixels = normalize_image(warped).unsqueeze(0).to(self.device)
+        pixels, inverse = prepare_image(rgb, self.image_size)
+        pixels = pixels.unsqueeze(0).to(self.device)
         tokens = tokenize(texts, context_length=self.word_len).to(self.device)
         out: List[Prediction] = []
         for start in range(0, len(texts), self.max_batch):
             chunk = tokens[start : start + self.max_batch]
-            with self._autocast():
-                logits = self.model(pixels.expand(chunk.shape[0], -1, -1, -1), chunk)
-            probs = logits_to_probability(logits, (self.image_size, self.image_size), [inv] * chunk.shape[0],
-                                          [(h, w)] * chunk.shape[0])
-            for k, prob in enumerate(probs):
-                i = start + k
-                out.append(Prediction(texts[i], binarize(prob, threshold), prob, truncated[i]))
+            n = chunk.shape[0]
+            probs, masks = segment(self.model, pixels.expand(n, -1, -1, -1), chunk, [inverse] * n,
+                                   [rgb.shape[:2]] * n, threshold=threshold, dtype=self.dtype)
+            for k in range(n):
+                out.append(Prediction(texts[start + k], masks[k], probs[k], truncated[start + k]))
         return out
 
     def __repr__(self) -> str:

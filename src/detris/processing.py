@@ -39,6 +39,9 @@ class ProcessingConfig:
             raise ValueError(f"processing.resize {self.resize!r} is not one of {list(RESIZE_MODES)}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"processing.mean/std must be 3 values each (std > 0), got {self.mean} / {self.std}")
+        if (self.mean, self.std) != (CLIP_MEAN, CLIP_STD):
+            # The letterbox border and the normalisation are the CLIP ones throughout detris.
+            raise ValueError(f"processing.mean/std {self.mean} / {self.std}: only the CLIP values are supported")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"processing.threshold must lie strictly between 0 and 1, got {self.threshold}")
 

@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", required=True, metavar="EXPRESSION",
                    help="referring expression (repeatable: one mask per expression)")
     p.add_argument("--out", required=True, help="output folder for masks, overlays and predictions.json")
-    p.add_argument("--threshold", type=float, default=0.35, help="probability threshold (official: 0.35)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold (default: the model's stored one, 0.35 in the official protocol)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="compute precision (autocast); default float32")

@@ -55,7 +55,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
 
     from ..visualize import render_overlay
 
-    if not 0.0 < args.threshold < 1.0:
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
     image_arg = Path(args.image).expanduser()
     files = _image_files(image_arg)
@@ -63,6 +63,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
     check_output_dir(out_dir)
     predictor = Predictor.from_pretrained(resolve_model_dir(args.model), device=args.device, dtype=args.dtype)
     texts, _ = check_texts(args.text, predictor.word_len)
+    threshold = predictor.processing.threshold if args.threshold is None else args.threshold
 
     records, errors = [], []
     single = not image_arg.is_dir()
@@ -76,7 +77,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
             errors.append({"image": str(path), "error": str(exc)})
             print(f"detris predict: skipped {path}: {exc}", file=sys.stderr)
             continue
-        preds = predictor.predict(rgb, texts, threshold=args.threshold)
+        preds = predictor.predict(rgb, texts, threshold=threshold)
         entries = []
         for i, p in enumerate(preds):
             mask_name, overlay_name = f"{stem}_{i}_mask.png", f"{stem}_{i}_overlay.png"
@@ -98,7 +99,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
     summary = {
         "model": str(args.model),
         "variant": getattr(predictor.model.config, "name", None),
-        "threshold": args.threshold,
+        "threshold": threshold,
         "dtype": str(predictor.dtype).replace("torch.", ""),
         "images": records,
         "errors": errors,

@@ -13,15 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from ..build import build_model
 from ..bundled import tiny_tower_paths
 from ..data.datasets import MixedReferDataset, ReferSegDataset, collate
 from ..data.refer import load_refer
-from ..metrics import SegmentationMeter
+from ..evaluate import METRIC_KEYS, evaluate
 from ..variants import get_variant
-from ..postprocess import binarize, logits_to_probability
 from ..utils import check_output_dir
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, restore_weights, save_checkpoint
 from .config import BUNDLED, RunConfig, config_to_dict
@@ -107,11 +106,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    dtype = _AUTOCAST_DTYPES[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -128,7 +128,6 @@ def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------ validation
-@torch.no_grad()
 def validate(
     model: nn.Module,
     dataset,
@@ -138,27 +137,14 @@ def validate(
     max_items: int | None = None,
     num_workers: int = 0,
 ) -> dict[str, float]:
-    """Official validation: first sentence per ref, sigmoid -> bicubic -> inverse letterbox -> > 0.35.
-
-    Each rank evaluates every ``world_size``-th item; the meters are summed over ranks.
-    """
-    n = len(dataset) if max_items is None else min(len(dataset), max_items)
-    subset = Subset(dataset, list(range(info.rank, n, info.world_size)))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    meter = SegmentationMeter()
-    for batch in loader:
-        if batch is None:
-            continue
-        images = batch["image"].to(info.device)
-        with _autocast(precision, info.device):
-            logits = model(images, batch["tokens"].to(info.device))
-        probs = logits_to_probability(logits, images.shape[-2:], batch["inverse"], batch["orig_size"])
-        for prob, gt in zip(probs, batch["mask_orig"]):
-            meter.update(binarize(prob), gt.numpy())
-    model.train(was_training)
-    return meter.all_reduce().summary()
+    """Official validation (first sentence per ref) through the evaluation's scoring loop; each rank
+    scores every ``world_size``-th item and the meters are summed over ranks."""
+    result = evaluate(
+        model, dataset, batch_size=batch_size, device=info.device, workers=num_workers, progress=False,
+        batch_invariant=False, dtype=_AUTOCAST_DTYPES[precision], rank=info.rank, world_size=info.world_size,
+        max_items=max_items,
+    )
+    return {**{k: result[k] for k in METRIC_KEYS}, "count": result["expressions"]}
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -1,0 +1,7 @@
+"""``python -m detris.cli``: the ``detris`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
