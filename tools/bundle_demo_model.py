@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -67,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if not meta.get("adapter_only") or set(meta["base_weights"].values()) != set(TINY_TOWER_FILES.values()):
         raise SystemExit(f"{source} is not an adapter-only model on the bundled towers: {meta.get('base_weights')}")
     target = assets_dir() / DEMO_MODEL_NAME
-    target.mkdir(exist_ok=True)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copyfile(source / name, target / name)
+    # Loaded and saved again rather than copied: the asset is then in the current format, and its base
+    # files are recorded by their bare names.
+    detris.from_pretrained(source).save_pretrained(target, adapter_only=True)
     REFERENCE.write_text(json.dumps(record(target), indent=2) + "\n")
     print(f"bundled {source} as {target}; reference outputs in {REFERENCE}")
     return 0
