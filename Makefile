@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 # The CPU build of torch is installed first so that no dependency pulls a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,13 @@ test: $(VENV)/.test
 	    echo "make test: no chromium and no apt-get as root; the browser test will skip"; \
 	  fi; \
 	fi
+	$(BIN)/python -m ruff check src tests benchmarks tools
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.test
+	$(BIN)/python -m ruff check src tests benchmarks tools
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -138,7 +138,7 @@ class ForeignLoad:
     """CPU time used by other processes (and by the hypervisor, as steal) while a block runs: on a
     shared machine this tells a clean measurement from one that competed for the cores."""
 
-    def __enter__(self) -> "ForeignLoad":
+    def __enter__(self) -> ForeignLoad:
         self.start = _cpu_seconds()
         self.wall = time.perf_counter()
         return self

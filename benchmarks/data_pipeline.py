@@ -28,8 +28,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -66,7 +67,7 @@ def make_data(root: Path, num_images: int, height: int, width: int, seed: int) -
     return lay.image_root
 
 
-def time_loader(dataset: ReferSegDataset, batch_size: int, workers: int, epochs: int, seed: int) -> Dict[str, Any]:
+def time_loader(dataset: ReferSegDataset, batch_size: int, workers: int, epochs: int, seed: int) -> dict[str, Any]:
     """Iterate ``epochs`` epochs; returns the median steady-state and whole-epoch throughput."""
     steady, whole, startup = [], [], []
     for epoch in range(epochs):
@@ -76,7 +77,7 @@ def time_loader(dataset: ReferSegDataset, batch_size: int, workers: int, epochs:
             generator=torch.Generator().manual_seed(seed + epoch), drop_last=False,
         )
         t0 = time.perf_counter()
-        t_first: Optional[float] = None
+        t_first: float | None = None
         n_first = n_total = 0
         for batch in loader:
             n = batch["image"].shape[0]
@@ -98,7 +99,7 @@ def time_loader(dataset: ReferSegDataset, batch_size: int, workers: int, epochs:
     }
 
 
-def stage_breakdown(dataset: ReferSegDataset, items: int, input_size: int, word_len: int) -> Dict[str, float]:
+def stage_breakdown(dataset: ReferSegDataset, items: int, input_size: int, word_len: int) -> dict[str, float]:
     """Milliseconds per item of each stage, run directly (one process, no DataLoader)."""
     refer = dataset.refer
     totals = {"decode": 0.0, "mask": 0.0, "letterbox_image": 0.0, "letterbox_mask": 0.0,
@@ -119,7 +120,7 @@ def stage_breakdown(dataset: ReferSegDataset, items: int, input_size: int, word_
     return out
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-images", type=int, default=200, help="synthetic images to generate (default 200)")
     p.add_argument("--image-size", default="480x640", help="HxW of the generated JPEGs (default 480x640)")
@@ -137,7 +138,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         height, width = (int(v) for v in args.image_size.lower().split("x"))
@@ -161,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   input_size=args.input_size, word_len=args.word_len, seed=args.seed)
         tokenize(["warm up the tokenizer"], context_length=args.word_len)  # vocabulary load is not per item
         stages = stage_breakdown(dataset, args.stage_items, args.input_size, args.word_len) if args.stage_items else {}
-        rows: List[Dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
         for w in args.workers:
             row = time_loader(dataset, args.batch_size, w, args.epochs, args.seed)
             rows.append(row)

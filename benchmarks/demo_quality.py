@@ -22,8 +22,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -79,7 +80,7 @@ def print_tables(runs: list[dict[str, Any]]) -> None:
               f"| {run['loss_first']:.3f} -> {run['loss_last']:.3f} | {run['load_before']} / {run['load_after']} |")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per run (default 10)")

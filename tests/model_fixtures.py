@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from detris.build import build_model
+from official_formats import randomize_detris_state
 
 
 def random_tiny_model(image_size: int = 112, seed: int = 0) -> torch.nn.Module:
@@ -37,3 +38,29 @@ def save_random_tiny(directory: Path, image_size: int = 112, seed: int = 0) -> P
     """`random_tiny_model` written with ``save_pretrained`` into ``directory``; returns it."""
     random_tiny_model(image_size, seed).save_pretrained(directory)
     return directory
+
+
+EOT, SOT = 49407, 49406
+
+
+def make_tokens(n: int, word_len: int = 17, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros(n, word_len, dtype=torch.long)
+    for row in range(n):
+        length = int(torch.randint(3, word_len + 1, (1,), generator=g))
+        tokens[row, :length] = torch.randint(1, 49000, (length,), generator=g)
+        tokens[row, 0], tokens[row, length - 1] = SOT, EOT
+    return tokens
+
+
+def official_inputs(n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(n, 3, 112, 126, generator=g), make_tokens(n, seed=3)
+
+
+def trained_tiny(files: dict, seed: int = 0) -> torch.nn.Module:
+    """detris-tiny built from the official-format backbone files of the ``files`` fixture, every weight random."""
+    torch.manual_seed(seed)
+    model = build_model("detris-tiny", dinov2_weights=files["dino"], clip_weights=files["clip_ts"])
+    model.load_state_dict(randomize_detris_state(model.state_dict(), seed=seed))
+    return model.eval()

@@ -20,16 +20,17 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
 # image_id -> (height, width): deliberately non-square, portrait and landscape.
-IMAGE_SIZES: Dict[int, Tuple[int, int]] = {
+IMAGE_SIZES: dict[int, tuple[int, int]] = {
     11: (53, 37),
     12: (80, 120),
     13: (200, 64),
@@ -37,16 +38,16 @@ IMAGE_SIZES: Dict[int, Tuple[int, int]] = {
 }
 
 # Polygon annotations: ann_id -> (image_id, polygons, hand-computed area).
-POLYGON_ANNS: Dict[int, Tuple[int, List[List[float]], float]] = {
+POLYGON_ANNS: dict[int, tuple[int, list[list[float]], float]] = {
     201: (11, [[4, 6, 30, 6, 30, 46, 4, 46]], 26 * 40),  # rectangle 26 x 40
     202: (12, [[10, 10, 110, 10, 10, 70]], 0.5 * 100 * 60),  # right triangle
     203: (12, [[60, 40, 100, 40, 100, 75, 60, 75], [2, 72, 20, 72, 20, 79, 2, 79]], 40 * 35 + 18 * 7),
     206: (14, [[10.5, 5.5, 80.5, 5.5, 80.5, 50.5, 10.5, 50.5]], 70 * 45),
 }
-RLE_ANNS: Dict[int, int] = {204: 13, 205: 13}  # ann_id -> image_id (masks built in _rle_truth)
+RLE_ANNS: dict[int, int] = {204: 13, 205: 13}  # ann_id -> image_id (masks built in _rle_truth)
 
 # (ref_id, ann_id, split, sentences) per refs file.
-REFS: Dict[Tuple[str, str], List[Tuple[int, int, str, List[str]]]] = {
+REFS: dict[tuple[str, str], list[tuple[int, int, str, list[str]]]] = {
     ("refcoco", "unc"): [
         (1, 201, "train", ["Left man", "guy on left", "man"]),
         (2, 202, "train", ["the triangle", "big triangle"]),
@@ -84,7 +85,7 @@ REFS: Dict[Tuple[str, str], List[Tuple[int, int, str, List[str]]]] = {
 PY2_STYLE = {("refcoco", "unc"), ("refcocog", "umd")}
 
 # Expected (refs, sentences) per (dataset name, split), counted by hand from REFS above.
-EXPECTED_COUNTS: Dict[str, Dict[str, Tuple[int, int]]] = {
+EXPECTED_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
     "refcoco": {"train": (3, 6), "val": (2, 5), "testA": (1, 2), "testB": (1, 1)},
     "refcoco_google": {"train": (2, 3), "val": (1, 2), "test": (1, 3)},
     "refcoco+": {"train": (2, 3), "val": (1, 2), "testA": (1, 1), "testB": (1, 2)},
@@ -97,9 +98,9 @@ EXPECTED_COUNTS: Dict[str, Dict[str, Tuple[int, int]]] = {
 class ReferFixture:
     data_root: Path
     image_root: Path
-    rle_masks: Dict[int, np.ndarray]  # ann_id -> exact uint8 mask
-    polygon_areas: Dict[int, float]  # ann_id -> hand-computed area
-    image_sizes: Dict[int, Tuple[int, int]] = field(default_factory=lambda: dict(IMAGE_SIZES))
+    rle_masks: dict[int, np.ndarray]  # ann_id -> exact uint8 mask
+    polygon_areas: dict[int, float]  # ann_id -> hand-computed area
+    image_sizes: dict[int, tuple[int, int]] = field(default_factory=lambda: dict(IMAGE_SIZES))
 
     def image_path(self, image_id: int) -> Path:
         return self.image_root / f"COCO_train2014_{image_id:012d}.jpg"
@@ -186,7 +187,7 @@ def _as_py2(obj: Any, unicode_texts: Sequence[str] = ()) -> Any:
 # ------------------------------------------------------------------------------------------- content
 
 
-def _rle_truth() -> Dict[int, np.ndarray]:
+def _rle_truth() -> dict[int, np.ndarray]:
     h, w = IMAGE_SIZES[13]
     yy, xx = np.mgrid[0:h, 0:w]
     disk = ((xx - 32) ** 2 + (yy - 100) ** 2 <= 25**2).astype(np.uint8)
@@ -196,10 +197,10 @@ def _rle_truth() -> Dict[int, np.ndarray]:
     return {204: disk, 205: block}
 
 
-def uncompressed_rle(mask: np.ndarray) -> Dict[str, Any]:
+def uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
     """COCO uncompressed RLE written out by hand: column-major runs, starting with a run of zeros."""
     flat = np.asarray(mask, np.uint8).flatten(order="F")
-    counts: List[int] = []
+    counts: list[int] = []
     current, run = 0, 0
     for v in flat:
         if v == current:
@@ -220,7 +221,7 @@ def _image_pixels(image_id: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def _ref_record(ref_id: int, ann_id: int, split: str, sents: List[str], sent_id0: int) -> Dict[str, Any]:
+def _ref_record(ref_id: int, ann_id: int, split: str, sents: list[str], sent_id0: int) -> dict[str, Any]:
     image_id = POLYGON_ANNS[ann_id][0] if ann_id in POLYGON_ANNS else RLE_ANNS[ann_id]
     return {
         "sent_ids": [sent_id0 + k for k in range(len(sents))],
@@ -304,7 +305,7 @@ def build_refer_fixture(root: Path, empty_sentence: bool = False) -> ReferFixtur
     )
 
 
-def toy_tokenizer(texts: Sequence[str], context_length: int = 17) -> "Any":
+def toy_tokenizer(texts: Sequence[str], context_length: int = 17) -> Any:
     """A stand-in tokenizer: ids are character codes + 1 (so the sentence can be read back), 0-padded."""
     import torch
 
@@ -315,5 +316,5 @@ def toy_tokenizer(texts: Sequence[str], context_length: int = 17) -> "Any":
     return out
 
 
-def toy_decode(ids: "Any") -> str:
+def toy_decode(ids: Any) -> str:
     return "".join(chr(int(i) - 1) for i in ids if int(i) != 0)

@@ -25,8 +25,8 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 from urllib.parse import urlparse
 
 # Before gradio / gradio_client are imported: no telemetry threads calling out of a closed network.
@@ -38,12 +38,12 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason='the web demo needs gradio (pip install "detris[demo]")')
 
-from detris.app import DemoLimits, build_app, make_handler, segment  # noqa: E402
-from detris.cli import main as cli_main  # noqa: E402
-from detris.data.synthetic import SyntheticScenes  # noqa: E402
-from detris.predictor import Predictor  # noqa: E402
-from detris.visualize import render_overlay  # noqa: E402
-from model_fixtures import save_random_tiny  # noqa: E402
+from detris.app import DemoLimits, build_app, make_handler, segment
+from detris.cli import main as cli_main
+from detris.data.synthetic import SyntheticScenes
+from detris.predictor import Predictor
+from detris.visualize import render_overlay
+from model_fixtures import save_random_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -260,11 +260,28 @@ def test_build_app_bounds_the_queue(predictor):
     assert not Path(detris.app.__file__).with_suffix(".pyi").exists()
 
 
-def test_serve_without_the_default_model_says_make_demo(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # no runs/demo/best here
+def test_serve_without_model_and_without_the_bundled_model_says_reinstall(tmp_path, monkeypatch, capsys):
+    """No --model: the bundled model; when its files are gone, one line naming them and the fix."""
+    from detris import bundled
+
+    monkeypatch.setattr(bundled, "assets_dir", lambda: tmp_path)  # an installation without the assets
     assert cli_main(["serve"]) == 2
-    err = capsys.readouterr().err
-    assert "make demo" in err and "--model" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and bundled.DEMO_MODEL_NAME in err[0] and "reinstall" in err[0], err
+
+
+def test_the_page_says_what_the_bundled_model_knows(monkeypatch):
+    """Served with the bundled model, the page says it knows synthetic shapes only and how to load a
+    released checkpoint; with any other model it does not."""
+    from detris.app import BUNDLED_MODEL_NOTE
+    from detris.bundled import DEMO_MODEL_NAME
+
+    predictor = Predictor.from_pretrained(DEMO_MODEL_NAME)
+    notes = [getattr(b, "value", "") for b in build_app(predictor, model_name=DEMO_MODEL_NAME).blocks.values()]
+    assert BUNDLED_MODEL_NOTE in notes
+    assert "synthetic shapes only" in BUNDLED_MODEL_NOTE and "convert-official" in BUNDLED_MODEL_NOTE
+    others = [getattr(b, "value", "") for b in build_app(predictor, model_name="my-model").blocks.values()]
+    assert BUNDLED_MODEL_NOTE not in others
 
 
 def test_serve_without_gradio_says_what_to_install(monkeypatch, capsys):
@@ -378,6 +395,7 @@ def test_server_refuses_oversized_uploads(server, tmp_path):
     assert server.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_burst_of_50_is_answered_or_rejected_and_memory_returns(server, tmp_path):
     """50 concurrent requests against a queue of 4: each is answered or told "queue is full"; no other
     outcome, nothing hangs, the server still serves, and its RSS returns near the warmed-up baseline.
@@ -421,7 +439,7 @@ def test_burst_of_50_is_answered_or_rejected_and_memory_returns(server, tmp_path
             outcomes["answered" if len(gallery) == 4 else "wrong answer"] += 1
         except QueueError:
             outcomes["rejected"] += 1
-        except Exception as exc:  # noqa: BLE001 - counted and shown, not hidden
+        except Exception as exc:  # counted and shown, not hidden
             outcomes["failed"] += 1
             errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -485,6 +503,7 @@ def _browser(tmp_path: Path):
     return driver
 
 
+@pytest.mark.browser
 def test_browser_upload_type_click_shows_overlay(server, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -508,7 +527,7 @@ def test_browser_upload_type_click_shows_overlay(server, tmp_path):
         threshold.send_keys("0.1\t")
         driver.find_element(By.CSS_SELECTOR, "#detris-run").click()
 
-        def overlays_loaded(d) -> Optional[list]:
+        def overlays_loaded(d) -> list | None:
             # The gallery's images must have arrived and decoded, not just their <img> tags.
             return d.execute_script(
                 "const imgs = [...document.querySelectorAll('#detris-gallery img')];"

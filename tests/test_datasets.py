@@ -340,7 +340,7 @@ def test_jsonl_errors_name_the_line(tmp_path, bad, pattern):
     path = _write_jsonl(tmp_path / "x.jsonl", [good, good, bad])
     with pytest.raises(ValueError, match=pattern) as err:
         JsonlSegDataset(path, tokenizer=toy_tokenizer)
-    assert f"x.jsonl:3:" in str(err.value)
+    assert "x.jsonl:3:" in str(err.value)
 
 
 def test_jsonl_missing_file_and_bad_image(tmp_path, jsonl_data):

@@ -25,6 +25,7 @@ def test_overlay_rejects_wrong_mask_size():
         overlay_mask(np.zeros((10, 10, 3), np.uint8), np.zeros((5, 5), bool))
 
 
+@pytest.mark.slow
 def test_quick_demo_trains_and_writes_overlays(tmp_path):
     """The short demo learns: the loss falls and the validation mIoU beats both trivial answers.
 

@@ -17,8 +17,8 @@ import torch
 
 pytest.importorskip("yaml")
 
-from detris.engine.config import ConfigError, load_config  # noqa: E402
-from detris.engine.distributed import GlobalBatchSampler  # noqa: E402
+from detris.engine.config import ConfigError, load_config
+from detris.engine.distributed import GlobalBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -184,6 +184,7 @@ def test_upsampled_dice_loss_scores_the_evaluated_mask():
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_cosine_dice_run_resumes_exactly(tmp_path, monkeypatch):
     """A run with the demo's schedule and loss, stopped after step 3 and resumed, equals an unbroken one."""
     from detris.engine import loop
@@ -229,6 +230,7 @@ def test_global_batches_do_not_depend_on_the_split():
 
 
 # ------------------------------------------------------------------------------------------ resume
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     common = ["train.epochs=3", "train.evaluate=false", "train.save_every_steps=1"]
     ref = _run_train(tmp_path / "ref", common)
@@ -291,6 +293,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     """2 processes x micro-batch 2 == 1 process x 2 micro-batches of 2 (global batch 4).
 

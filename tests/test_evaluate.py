@@ -12,7 +12,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +21,6 @@ from pycocotools import mask as coco_mask
 
 from detris.cli import main
 from detris.data import synthetic
-
 from model_fixtures import save_random_tiny
 
 SPLITS = {"train": 1, "val": 2, "testA": 1}
@@ -57,21 +56,21 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_random_tiny(tmp_path_factory.mktemp("model") / "detris-tiny-random", INPUT_SIZE)
 
 
-def run_cli(argv: List[str], capsys: pytest.CaptureFixture[str]) -> Tuple[int, str, str]:
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     capsys.readouterr()
     rc = main(argv)
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
 
-def eval_argv(model_dir: Path, lay: synthetic.ReferLayout, *extra: str, split: str = "val") -> List[str]:
+def eval_argv(model_dir: Path, lay: synthetic.ReferLayout, *extra: str, split: str = "val") -> list[str]:
     return [
         "eval", "--model", str(model_dir), "--dataset", "refcoco", "--split", split,
         "--data-root", str(lay.data_root), "--image-root", str(lay.image_root), "--device", "cpu", *extra,
     ]
 
 
-def expected_sentences(lay: synthetic.ReferLayout, split: str) -> List[Dict[str, Any]]:
+def expected_sentences(lay: synthetic.ReferLayout, split: str) -> list[dict[str, Any]]:
     """Every (ref, sentence) of a split, with its image and decoded ground truth, from the raw files."""
     with open(lay.refs_path, "rb") as f:
         refs = pickle.load(f)  # our own synthetic file, written a moment ago
@@ -93,7 +92,7 @@ def expected_sentences(lay: synthetic.ReferLayout, split: str) -> List[Dict[str,
 
 
 @pytest.fixture(scope="module")
-def batch8_run(layout, model_dir, tmp_path_factory) -> Dict[str, Any]:
+def batch8_run(layout, model_dir, tmp_path_factory) -> dict[str, Any]:
     """One ``detris eval`` at batch 8 with predictions and JSON (shared by several tests)."""
     out = tmp_path_factory.mktemp("eval8")
     # capsys is function-scoped, so a module-scoped run captures its output by hand.

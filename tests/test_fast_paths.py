@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from detris import build_model
-from detris.modeling.common import DropoutAttention, conv_bn_relu, fold_batchnorm
 from detris.modeling.adapters import ConvBNReLU
+from detris.modeling.common import DropoutAttention, conv_bn_relu, fold_batchnorm
 from detris.modeling.head import dynamic_conv
-from test_model import make_tokens
+from model_fixtures import make_tokens
 
 
 @torch.no_grad()

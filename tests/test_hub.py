@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from detris import from_pretrained
-from test_weights import _inputs, _trained_tiny, files  # noqa: F401  (files is a fixture)
+from model_fixtures import official_inputs, trained_tiny
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
@@ -40,15 +40,15 @@ class RecordingHub:
         return f"https://hub.invalid/{repo_id}"
 
 
-def test_push_to_hub_uploads_a_loadable_model_directory(files, tmp_path, monkeypatch):  # noqa: F811
+def test_push_to_hub_uploads_a_loadable_model_directory(files, tmp_path, monkeypatch):
     hub = RecordingHub(tmp_path / "hub")
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: hub)
-    model = _trained_tiny(files, seed=7)
+    model = trained_tiny(files, seed=7)
     assert model.push_to_hub("someone/detris-tiny", private=True, commit_message="first") == "someone/detris-tiny"
     assert hub.repos["someone/detris-tiny"]["private"] is True
     assert hub.repos["someone/detris-tiny"]["uploaded"] == ["config.json", "model.safetensors"]
     assert hub.repos["someone/detris-tiny"]["kwargs"] == {"commit_message": "first"}
-    images, tokens = _inputs(1)
+    images, tokens = official_inputs(1)
     with torch.no_grad():
         ref = model(images, tokens)
         assert torch.equal(from_pretrained(tmp_path / "hub" / "someone--detris-tiny")(images, tokens), ref)
@@ -79,7 +79,7 @@ with torch.no_grad():
 
 
 def _load_in_offline_process(repo_id: str, cache: Path, home: Path, tmp: Path) -> subprocess.CompletedProcess:
-    images, tokens = _inputs(1)
+    images, tokens = official_inputs(1)
     torch.save((images, tokens), tmp / "inputs.pt")
     # A fresh process: huggingface_hub reads its offline switch and cache location when imported.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "DETRIS_HOME": str(home)}
@@ -87,15 +87,15 @@ def _load_in_offline_process(repo_id: str, cache: Path, home: Path, tmp: Path) -
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_from_pretrained_hub_id_resolves_through_the_offline_cache(files, tmp_path):  # noqa: F811
-    model = _trained_tiny(files, seed=8)
+def test_from_pretrained_hub_id_resolves_through_the_offline_cache(files, tmp_path):
+    model = trained_tiny(files, seed=8)
     base = {"dinov2": files["dino"].name, "clip": files["clip_ts"].name}
     model.save_pretrained(tmp_path / "full")
     model.save_pretrained(tmp_path / "light", adapter_only=True, base_weights=base)
     cache = tmp_path / "cache"
     _cache_snapshot(cache, "someone/detris-tiny", tmp_path / "full")
     _cache_snapshot(cache, "someone/detris-tiny-adapters", tmp_path / "light")
-    images, tokens = _inputs(1)
+    images, tokens = official_inputs(1)
     with torch.no_grad():
         ref = model(images, tokens)
     # Full weights, then adapter-only weights whose base files are found in $DETRIS_HOME.

@@ -11,8 +11,8 @@ import torch
 from detris.metrics import (
     PR_THRESHOLDS,
     SegmentationMeter,
-    batch_iou,
     batch_intersection_union,
+    batch_iou,
     sample_iou,
     train_batch_metrics,
 )

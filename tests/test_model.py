@@ -9,18 +9,7 @@ import torch
 
 import detris
 from detris import build_model
-
-EOT, SOT = 49407, 49406
-
-
-def make_tokens(n: int, word_len: int = 17, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.zeros(n, word_len, dtype=torch.long)
-    for row in range(n):
-        length = int(torch.randint(3, word_len + 1, (1,), generator=g))
-        tokens[row, :length] = torch.randint(1, 49000, (length,), generator=g)
-        tokens[row, 0], tokens[row, length - 1] = SOT, EOT
-    return tokens
+from model_fixtures import make_tokens
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +80,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
         if isinstance(m, torch.nn.Dropout) or hasattr(m, "dropout"):
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
-            elif isinstance(getattr(m, "dropout"), float):
+            elif isinstance(m.dropout, float):
                 m.dropout = 0.0
     images, tokens = torch.randn(2, 3, 112, 112), make_tokens(2)
     mask = (torch.rand(2, 1, 112, 112) > 0.5).float()

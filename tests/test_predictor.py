@@ -27,7 +27,6 @@ from detris.cli import main
 from detris.data import synthetic
 from detris.data.images import ImageLoadError
 from detris.predictor import Predictor
-
 from model_fixtures import random_tiny_model
 
 INPUT_SIZE = 112

@@ -9,38 +9,10 @@ import torch
 from detris import build_model, from_pretrained, load_official_checkpoint
 from detris.weights import CheckpointError, trainable_state_dict
 from hf_formats import clip_text_to_transformers, dinov2_to_transformers
+from model_fixtures import official_inputs, trained_tiny
 from official_formats import (
     ddp_checkpoint,
-    randomize_detris_state,
-    write_clip_state_dict,
-    write_clip_torchscript,
-    write_dinov2_pth,
 )
-from test_model import make_tokens
-
-TINY_CLIP = dict(
-    embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
-    text_width=64, text_heads=4, text_layers=4,
-)
-TINY_DINO = dict(embed_dim=96, depth=4, num_heads=4, pretrained_grid=8)
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("official")
-    clip_ts = root / "ViT-tiny.pt"
-    clip_sd = root / "ViT-tiny-state.pt"
-    dino = root / "dinov2_tiny_reg4_pretrain.pth"
-    clip_values = write_clip_torchscript(clip_ts, seed=1, dtype=torch.float32, **TINY_CLIP)
-    write_clip_state_dict(clip_sd, seed=1, dtype=torch.float32, **TINY_CLIP)
-    dino_values = write_dinov2_pth(dino, seed=2, **TINY_DINO)
-    return {"root": root, "clip_ts": clip_ts, "clip_sd": clip_sd, "dino": dino,
-            "clip_values": clip_values, "dino_values": dino_values}
-
-
-def _inputs(n=2):
-    g = torch.Generator().manual_seed(5)
-    return torch.randn(n, 3, 112, 126, generator=g), make_tokens(n, seed=3)
 
 
 def test_backbone_files_load_with_every_tensor_in_place(files):
@@ -77,38 +49,58 @@ def test_transformers_format_backbones_load_to_the_same_model(files, tmp_path):
             assert torch.equal(a[k], b[k]), k
 
 
-def _trained_tiny(files, seed=0):
-    torch.manual_seed(seed)
-    model = build_model("detris-tiny", dinov2_weights=files["dino"], clip_weights=files["clip_ts"])
-    model.load_state_dict(randomize_detris_state(model.state_dict(), seed=seed))
-    return model.eval()
-
-
 def test_official_ddp_checkpoint_loads_strictly_and_reproduces_logits(files, tmp_path):
-    model = _trained_tiny(files)
+    model = trained_tiny(files)
     ckpt = ddp_checkpoint(model.state_dict(), optimizer_state=True)
     assert all(k.startswith("module.") for k in ckpt["state_dict"])
     torch.save(ckpt, tmp_path / "best_model.pth")
     loaded = load_official_checkpoint(tmp_path / "best_model.pth", variant="detris-tiny")
     assert not loaded.training
-    images, tokens = _inputs()
+    images, tokens = official_inputs()
     with torch.no_grad():
         assert torch.equal(loaded(images, tokens), model(images, tokens))
 
 
+def test_variant_is_read_off_the_checkpoint(files, tmp_path, capsys):
+    """No variant given: the shapes say detris-tiny; the CLI prints what it inferred."""
+    from detris.cli import main
+
+    model = trained_tiny(files)
+    torch.save(ddp_checkpoint(model.state_dict()), tmp_path / "best_model.pth")
+    loaded = load_official_checkpoint(tmp_path / "best_model.pth")
+    assert loaded.config.name == "detris-tiny"
+    images, tokens = official_inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(images, tokens), model(images, tokens))
+    assert main(["convert-official", str(tmp_path / "best_model.pth"), "--out", str(tmp_path / "conv")]) == 0
+    assert "detris-tiny, read off the checkpoint's shapes" in capsys.readouterr().out
+
+
+def test_a_checkpoint_of_another_model_is_named(tmp_path, capsys):
+    from detris.cli import main
+
+    resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}
+    torch.save(resnet, tmp_path / "resnet50.pth")
+    with pytest.raises(CheckpointError, match="not a DETRIS checkpoint"):
+        load_official_checkpoint(tmp_path / "resnet50.pth")
+    assert main(["convert-official", str(tmp_path / "resnet50.pth"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resnet50.pth" in err[0] and "not a DETRIS checkpoint" in err[0]
+
+
 def test_bare_state_dict_and_clip_image_tower_keys_are_accepted(files, tmp_path):
-    model = _trained_tiny(files)
+    model = trained_tiny(files)
     sd = dict(model.state_dict())
     sd["txt_backbone.visual.proj"] = torch.zeros(3, 3)  # the documented skip: the unused image tower
     torch.save(sd, tmp_path / "bare.pth")
     loaded = load_official_checkpoint(tmp_path / "bare.pth", variant="detris-tiny")
-    images, tokens = _inputs(1)
+    images, tokens = official_inputs(1)
     with torch.no_grad():
         assert torch.equal(loaded(images, tokens), model(images, tokens))
 
 
 def test_unknown_and_missing_keys_are_named(files, tmp_path):
-    sd = dict(_trained_tiny(files).state_dict())
+    sd = dict(trained_tiny(files).state_dict())
     sd["neck.surprise"] = torch.zeros(1)
     del sd["proj.txt.bias"]
     torch.save(sd, tmp_path / "odd.pth")
@@ -117,7 +109,7 @@ def test_unknown_and_missing_keys_are_named(files, tmp_path):
 
 
 def test_wrong_variant_names_the_variant_that_fits(files, tmp_path):
-    torch.save(ddp_checkpoint(_trained_tiny(files).state_dict()), tmp_path / "tiny.pth")
+    torch.save(ddp_checkpoint(trained_tiny(files).state_dict()), tmp_path / "tiny.pth")
     with pytest.raises(CheckpointError, match="variant='detris-tiny'"):
         load_official_checkpoint(tmp_path / "tiny.pth", variant="detris-b")
 
@@ -149,8 +141,8 @@ def test_a_pth_with_code_inside_is_refused_without_running_it(tmp_path):
 
 
 def test_full_and_adapter_only_round_trips_are_exact(files, tmp_path):
-    model = _trained_tiny(files, seed=3)
-    images, tokens = _inputs()
+    model = trained_tiny(files, seed=3)
+    images, tokens = official_inputs()
     with torch.no_grad():
         ref = model(images, tokens)
     model.save_pretrained(tmp_path / "full")
@@ -170,13 +162,13 @@ def test_full_and_adapter_only_round_trips_are_exact(files, tmp_path):
 
 
 def test_adapter_only_base_weights_are_resolved_or_reported(files, tmp_path, monkeypatch):
-    model = _trained_tiny(files, seed=4)
+    model = trained_tiny(files, seed=4)
     base = {"dinov2": files["dino"].name, "clip": files["clip_ts"].name}
     model.save_pretrained(tmp_path / "m", adapter_only=True, base_weights=base)
     with pytest.raises(FileNotFoundError, match="DETRIS_HOME"):
         from_pretrained(tmp_path / "m")
     monkeypatch.setenv("DETRIS_HOME", str(files["root"]))
-    images, tokens = _inputs(1)
+    images, tokens = official_inputs(1)
     with torch.no_grad():
         assert torch.equal(from_pretrained(tmp_path / "m")(images, tokens), model(images, tokens))
         explicit = from_pretrained(tmp_path / "m", dinov2_weights=files["dino"], clip_weights=files["clip_ts"])
@@ -184,6 +176,6 @@ def test_adapter_only_base_weights_are_resolved_or_reported(files, tmp_path, mon
 
 
 def test_save_is_atomic_and_leaves_no_temporary_files(files, tmp_path):
-    model = _trained_tiny(files, seed=5)
+    model = trained_tiny(files, seed=5)
     model.save_pretrained(tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]

@@ -11,10 +11,9 @@ Public face::
 
 from .build import build_model
 from .modeling import DETRIS
-from .variants import DetrisConfig, get_variant, list_variants
 from .pretrained import from_pretrained, load_official_checkpoint
-
-__version__ = "0.1.0"
+from .variants import DetrisConfig, get_variant, list_variants
+from .version import __version__
 
 
 def tokenize(texts, context_length: int = 17, truncate: bool = True):
@@ -34,6 +33,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "__version__",
     "DETRIS",
     "DetrisConfig",
     "Predictor",

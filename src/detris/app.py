@@ -21,14 +21,13 @@ Serving choices, and why:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -109,7 +108,7 @@ class DemoLimits:
 # ------------------------------------------------------------------------------ request handling
 
 
-def parse_expressions(text: Optional[str], limits: DemoLimits = DemoLimits()) -> List[str]:
+def parse_expressions(text: str | None, limits: DemoLimits = DemoLimits()) -> list[str]:
     """The expressions in the text box: one per line, surrounding spaces removed, blank lines skipped.
 
     Raises:
@@ -135,7 +134,7 @@ def parse_expressions(text: Optional[str], limits: DemoLimits = DemoLimits()) ->
     return expressions
 
 
-def _check_image_file(path: Union[str, os.PathLike], limits: DemoLimits) -> None:
+def _check_image_file(path: str | os.PathLike, limits: DemoLimits) -> None:
     """Refuse files over the size limits without decoding them.
 
     Only the header is read here (``Image.open`` is lazy); anything PIL cannot even open is left to
@@ -158,7 +157,7 @@ def _check_image_file(path: Union[str, os.PathLike], limits: DemoLimits) -> None
         raise DemoInputError(
             f"the image has over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP; {too_big}"
         ) from None
-    except Exception:  # noqa: BLE001 - unreadable files get load_image's precise message
+    except Exception:  # unreadable files get load_image's precise message
         return
     if width * height > limits.max_pixels:
         raise DemoInputError(
@@ -172,11 +171,11 @@ def _short(text: str, limit: int = _CAPTION_CHARS) -> str:
 
 def segment(
     predictor: Predictor,
-    image: Union[None, str, os.PathLike],
-    text: Optional[str],
-    threshold: Optional[float] = None,
+    image: None | str | os.PathLike,
+    text: str | None,
+    threshold: float | None = None,
     limits: DemoLimits = DemoLimits(),
-) -> Tuple[List[Tuple[Image.Image, str]], str]:
+) -> tuple[list[tuple[Image.Image, str]], str]:
     """One demo request: overlays and a status text for an uploaded image file and the text box.
 
     Args:
@@ -226,7 +225,7 @@ def segment(
 
 def make_handler(
     predictor: Predictor, limits: DemoLimits = DemoLimits()
-) -> Callable[..., Tuple[List[Tuple[Image.Image, str]], str]]:
+) -> Callable[..., tuple[list[tuple[Image.Image, str]], str]]:
     """The Gradio event handler: `segment` with every refusal turned into a ``gr.Error``.
 
     ``gr.Error`` shows its message in the page (and reaches API clients) without a traceback; an
@@ -238,13 +237,13 @@ def make_handler(
     # A refused input is the user's to fix, not a server fault: no traceback in the log.
     error_options = _supported(gr.Error.__init__, title="Cannot segment", print_exception=False)
 
-    def segment_image(image: Optional[str], text: Optional[str], threshold: Optional[float] = None):
+    def segment_image(image: str | None, text: str | None, threshold: float | None = None):
         """Segment the object each line of ``text`` refers to in ``image``."""
         try:
             return segment(predictor, image, text, threshold, limits)
         except (ImageLoadError, ValueError, TypeError) as exc:
             raise gr.Error(_user_message(exc, image), **error_options) from None
-        except Exception as exc:  # noqa: BLE001 - the server must keep serving
+        except Exception as exc:  # the server must keep serving
             log.exception("detris serve: request failed")
             raise gr.Error(
                 f"Internal error ({type(exc).__name__}); the request was not processed", title="Error"
@@ -321,7 +320,7 @@ def _upload_component(gr: Any, **kwargs: Any) -> Any:
         class ImageUpload(gr.Image):
             is_template = True  # rendered by the frontend as a plain gr.Image
 
-            def preprocess(self, payload: Any) -> Optional[str]:
+            def preprocess(self, payload: Any) -> str | None:
                 path = getattr(payload, "path", None)
                 url = getattr(payload, "url", None) or ""
                 if payload is None or path is None or url.startswith("data:"):
@@ -337,7 +336,7 @@ def _upload_component(gr: Any, **kwargs: Any) -> Any:
 #: Shown when the page serves the bundled model, which has only ever seen synthetic scenes.
 BUNDLED_MODEL_NOTE = (
     f"**`{DEMO_MODEL_NAME}` knows synthetic shapes only** (circles, squares, triangles and stars on grey). "
-    "For photos, serve a released DETRIS checkpoint: `detris convert-official CKPT.pth --variant detris-b "
+    "For photos, serve a released DETRIS checkpoint: `detris convert-official CKPT.pth "
     "--out DIR`, then `detris serve --model DIR`."
 )
 
@@ -350,8 +349,8 @@ def build_app(
     max_pixels: int = DemoLimits.max_pixels,
     max_expressions: int = DemoLimits.max_expressions,
     title: str = "DETRIS referring segmentation",
-    model_name: Optional[str] = None,
-) -> "gr.Blocks":
+    model_name: str | None = None,
+) -> gr.Blocks:
     """The demo page as a Gradio Blocks app, queued and ready for `launch_app`.
 
     Args:
@@ -415,7 +414,7 @@ def build_app(
 
 
 def launch_app(
-    app: "gr.Blocks",
+    app: gr.Blocks,
     host: str = "127.0.0.1",
     port: int = 7860,
     *,

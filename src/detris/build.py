@@ -38,7 +38,7 @@ def build_model(
         The model in training mode with both backbones frozen except their adapters. Towers without a
         weight file keep their random initialisation.
     """
-    cfg = get_variant(variant, **overrides)
+    cfg = get_variant(variant, **overrides)  # a name or a DetrisConfig
     aligners = {
         i: DenseAligner(
             cfg.vision_width,

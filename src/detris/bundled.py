@@ -56,8 +56,10 @@ def tiny_tower_paths() -> dict[str, Path]:
 
 
 def demo_model_dir() -> Path:
-    """The bundled demo model directory (``config.json`` + ``model.safetensors``)."""
-    return bundled_file(DEMO_MODEL_NAME)
+    """The bundled demo model directory (``config.json`` + ``model.safetensors``, both present)."""
+    for name in ("config.json", "model.safetensors"):
+        bundled_file(f"{DEMO_MODEL_NAME}/{name}")
+    return assets_dir() / DEMO_MODEL_NAME
 
 
 def damaged(path: Path, err: Exception) -> BundledAssetError:

@@ -9,8 +9,8 @@ scenes through `Predictor` (the official pre- and post-processing), then writes 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,22 +38,20 @@ def write_overlays(model: torch.nn.Module, scenes: list[Scene], out_dir: Path, m
 
 
 # The demo's settings (configs/synthetic-tiny.yaml is the same run for `detris train`); kept in code
-# because configs/ is not installed with the package. Why these values (measured on a shared 2-core
-# CPU; benchmarks/demo_quality.py reruns them):
-# * 112 px inputs (8 x 8 patches): 56 px steps are ~2.5x cheaper but learn less per step, and mask
-#   boundaries of the small shapes need the finer output grid;
+# because configs/ is not installed with the package. Why these values (the measurements are in
+# docs/demo.md and docs/benchmarks.md; benchmarks/demo_quality.py reruns them):
+# * the towers are frozen and pretrained on other synthetic scenes, as DETRIS-B's DINOv2 and CLIP are
+#   pretrained elsewhere: only adapters, neck, decoder and head learn (the official split);
+# * 112 px inputs (8 x 8 patches): smaller inputs learn less per step and coarsen the masks of the
+#   small shapes; larger ones take too few steps in ten minutes on two cores;
 # * lr 1e-3 decayed by a cosine over the *time* budget (train.lr_schedule=cosine): a run bounded by
 #   wall time cannot place epoch milestones, and the decay has to end with the budget on a busy
 #   machine as on an idle one (``epochs`` is only an upper bound here);
-# * dice_weight 1: a Dice term on the probabilities upsampled the way evaluation does. With the
-#   official BCE alone (on a 4x-downsampled "nearest" copy of the mask) the probabilities of the small
-#   objects stay under the 0.35 threshold for hundreds of steps: val mIoU 0.18 vs 0.37 after 600 steps;
-# * fp32 on two compute threads with the data read in the training process: this CPU has no bf16
-#   matrix units (autocast bf16 ran 3-35x slower), and reading a 112 px sample costs ~1 ms against
-#   ~10 ms of compute, so a loader process would hold a core for little: two threads took 1.3x more
-#   steps per minute than one thread plus a loader on an idle machine. On a machine shared with
-#   other jobs use `--set train.num_threads=1 --set data.num_workers=1`: two threads then wait on each
-#   other whenever a core is taken (steps 7-18x slower when we measured it), one thread does not;
+# * dice_weight 1: a Dice term on the probabilities upsampled the way evaluation does; with the
+#   official BCE alone the probabilities of the small objects stay under the threshold for long;
+# * fp32 on two compute threads with the data read in the training process (a 112 px sample is cheap
+#   to read). On a machine shared with other jobs use `--set train.num_threads=1 --set
+#   data.num_workers=1`: two threads wait on each other whenever a core is taken, one thread does not;
 # * 1500 training scenes: more variety than a 10-minute run can memorise, few validation passes.
 _DEMO = {
     # The frozen towers: pretrained on synthetic scenes of another seed (tools/pretrain_tiny.py).

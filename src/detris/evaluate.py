@@ -1,6 +1,6 @@
 """Evaluation with the official DETRIS test protocol (``detris eval`` and the Python API).
 
-What one expression goes through (DESIGN.md §5, official ``engine/engine.py: inference``):
+What one expression goes through (the official ``engine/engine.py: inference``; docs/data.md):
 
 1. the dataset item (test mode: every sentence of every ref): letterboxed image ``(3, S, S)``, tokens
    ``(L,)``, the inverse letterbox matrix, the original size and the original-size ground truth;
@@ -24,16 +24,16 @@ threshold pixels.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -44,26 +44,26 @@ from tqdm.auto import tqdm
 
 from .data.datasets import collate
 from .data.images import ImageLoadError
-from .metrics import PR_KEYS, SegmentationMeter, intersection_union
 from .inference import segment
+from .metrics import PR_KEYS, SegmentationMeter, intersection_union
 from .postprocess import DEFAULT_THRESHOLD
 from .utils import resolve_device
 
 __all__ = ["EVAL_DATASETS", "METRIC_KEYS", "PREDICTIONS_JSONL", "evaluate", "format_table", "json_safe"]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 #: Dataset names `run_eval_command` advertises (any name of `detris.data.refer.DATASETS` works).
-EVAL_DATASETS: Tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google")
+EVAL_DATASETS: tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google")
 #: Metric keys in table/JSON order.
-METRIC_KEYS: Tuple[str, ...] = ("mIoU", "oIoU", *PR_KEYS)
+METRIC_KEYS: tuple[str, ...] = ("mIoU", "oIoU", *PR_KEYS)
 PREDICTIONS_JSONL = "predictions.jsonl"
 
 
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _eval_collate(batch: Sequence[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
+def _eval_collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     """`detris.data.collate` that never returns ``None`` and keeps the skip reasons.
 
     `collate` returns ``None`` for a batch whose items were all skipped, which would lose their paths;
@@ -116,7 +116,7 @@ class _PredictionWriter:
         if self.directory.exists() and not self.directory.is_dir():
             raise FileExistsError(f"--save-predictions: {self.directory} exists and is not a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._names: Set[str] = set()
+        self._names: set[str] = set()
         # Line-buffered text: every record reaches the file as soon as it is written, so an
         # interrupted run keeps what it has scored.
         self._jsonl: IO[str] = open(self.directory / PREDICTIONS_JSONL, "w", encoding="utf-8", buffering=1)
@@ -130,7 +130,7 @@ class _PredictionWriter:
                 return candidate + ".png"
         raise AssertionError("unreachable: the running index makes the last name unique")
 
-    def write(self, pred: np.ndarray, record: Dict[str, Any]) -> str:
+    def write(self, pred: np.ndarray, record: dict[str, Any]) -> str:
         """Save ``pred`` (bool ``(H, W)``) and append ``record`` (+ the file name) to the JSONL file."""
         name = self._name(record["ref_id"], record["sent_id"], record.get("dataset", ""))
         path = self.directory / name
@@ -147,7 +147,7 @@ class _PredictionWriter:
 # ------------------------------------------------------------------------------------------ evaluate
 
 
-def _batches(loader: DataLoader) -> Iterator[Dict[str, Any]]:
+def _batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
     """Iterate a DataLoader, turning a worker's wrapped `ImageLoadError` back into its one-line message.
 
     A DataLoader worker re-raises an item's exception in the main process with the worker's whole
@@ -175,7 +175,7 @@ class _Scores:
     """What the scoring loop accumulates."""
 
     meter: SegmentationMeter = field(default_factory=SegmentationMeter)
-    skipped: Dict[str, str] = field(default_factory=dict)  # path -> reason, first-seen order
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> reason, first-seen order
     skipped_expressions: int = 0
 
 
@@ -195,7 +195,15 @@ def _check_arguments(dataset: Dataset, batch_size: int, workers: int, rank: int,
         )
 
 
-def _note_skipped(batch: Dict[str, Any], scores: _Scores) -> int:
+def _shard(dataset: Dataset, rank: int, world_size: int, max_items: int | None) -> Dataset:
+    """The items this process scores: every ``world_size``-th of the first ``max_items``."""
+    n = len(dataset) if max_items is None else min(len(dataset), max_items)  # type: ignore[arg-type]
+    if (n, world_size) == (len(dataset), 1):  # type: ignore[arg-type]
+        return dataset
+    return Subset(dataset, range(rank, n, world_size))
+
+
+def _note_skipped(batch: dict[str, Any], scores: _Scores) -> int:
     for path, reason in zip(batch["skipped"], batch["skip_reasons"]):
         scores.skipped_expressions += 1
         if path not in scores.skipped:
@@ -206,8 +214,8 @@ def _note_skipped(batch: Dict[str, Any], scores: _Scores) -> int:
     return len(batch["skipped"])
 
 
-def _score_batch(model: nn.Module, batch: Dict[str, Any], dev: torch.device, scores: _Scores,
-                 writer: Optional[_PredictionWriter], options: Dict[str, Any]) -> int:
+def _score_batch(model: nn.Module, batch: dict[str, Any], dev: torch.device, scores: _Scores,
+                 writer: _PredictionWriter | None, options: dict[str, Any]) -> int:
     """Segment and score one collated batch; returns the number of expressions it held."""
     if "mask_orig" not in batch:
         raise ValueError("dataset items lack 'mask_orig' (the original-size ground truth); use mode='test'")
@@ -227,22 +235,37 @@ def _score_batch(model: nn.Module, batch: Dict[str, Any], dev: torch.device, sco
     return len(masks)
 
 
+def _score_loader(model: nn.Module, loader: DataLoader, dev: torch.device, scores: _Scores,
+                  writer: _PredictionWriter | None, options: dict[str, Any], total: int, progress: bool) -> None:
+    bar = tqdm(total=total, unit="expr", desc="eval", disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in _batches(loader):
+            done = _note_skipped(batch, scores)
+            if "image" in batch:
+                done += _score_batch(model, batch, dev, scores, writer, options)
+            bar.update(done)
+            if scores.meter.count:
+                bar.set_postfix(mIoU=f"{100 * scores.meter.iou_sum / scores.meter.count:.2f}", refresh=False)
+    finally:
+        bar.close()
+
+
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
     batch_size: int = 8,
-    device: Union[None, str, torch.device] = None,
+    device: None | str | torch.device = None,
     workers: int = 0,
-    save_predictions: Optional[PathLike] = None,
+    save_predictions: PathLike | None = None,
     progress: bool = True,
     batch_invariant: bool = True,
     threshold: float = DEFAULT_THRESHOLD,
     *,
-    dtype: Optional[torch.dtype] = None,
+    dtype: torch.dtype | None = None,
     rank: int = 0,
     world_size: int = 1,
-    max_items: Optional[int] = None,
-) -> Dict[str, Any]:
+    max_items: int | None = None,
+) -> dict[str, Any]:
     """Score a model on a dataset with the official protocol (see the module docstring).
 
     The one scoring loop: ``detris eval`` and the training loop's validation both run it.
@@ -277,13 +300,12 @@ def evaluate(
         ``"batch_invariant"``, ``"seconds"`` and, when saving, ``"predictions"`` (the folder).
 
     Raises:
-        ValueError: bad arguments, an empty dataset, train-mode items (no original-size mask), or an
-            unreadable image when the dataset was not built with ``skip_bad=True`` (the message names it).
+        ValueError: bad arguments, an empty dataset, train-mode items, or an unreadable image when the
+            dataset was not built with ``skip_bad=True`` (the message names it).
     """
     _check_arguments(dataset, batch_size, workers, rank, world_size)
     dev = resolve_device(device)
-    n = len(dataset) if max_items is None else min(len(dataset), max_items)  # type: ignore[arg-type]
-    items = dataset if (n, world_size) == (len(dataset), 1) else Subset(dataset, range(rank, n, world_size))  # type: ignore[arg-type]
+    items = _shard(dataset, rank, world_size, max_items)
     loader = DataLoader(
         items,
         batch_size=int(batch_size),
@@ -297,25 +319,26 @@ def evaluate(
     options = {"threshold": threshold, "dtype": dtype, "one_at_a_time": batch_invariant}
     model.to(dev)
     start = time.perf_counter()
-    bar = tqdm(total=len(items), unit="expr", desc="eval", disable=not progress, dynamic_ncols=True)  # type: ignore[arg-type]
     try:
-        for batch in _batches(loader):
-            done = _note_skipped(batch, scores)
-            if "image" in batch:
-                done += _score_batch(model, batch, dev, scores, writer, options)
-            bar.update(done)
-            if scores.meter.count:
-                bar.set_postfix(mIoU=f"{100 * scores.meter.iou_sum / scores.meter.count:.2f}", refresh=False)
+        _score_loader(model, loader, dev, scores, writer, options, len(items), progress)  # type: ignore[arg-type]
     finally:
-        bar.close()
         if writer is not None:
             writer.close()
     meter = scores.meter.all_reduce() if world_size > 1 else scores.meter
+    result = _result(meter, scores, len(dataset), batch_size, dev, batch_invariant)  # type: ignore[arg-type]
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    if writer is not None:
+        result["predictions"] = str(writer.directory)
+    return result
+
+
+def _result(meter: SegmentationMeter, scores: _Scores, total: int, batch_size: int, dev: torch.device,
+            batch_invariant: bool) -> dict[str, Any]:
     summary = meter.summary()
-    result: Dict[str, Any] = {key: summary[key] for key in METRIC_KEYS}
+    result: dict[str, Any] = {key: summary[key] for key in METRIC_KEYS}
     result.update(
         expressions=meter.count,
-        total_expressions=len(dataset),  # type: ignore[arg-type]
+        total_expressions=total,
         inter_sum=meter.inter_sum,
         union_sum=meter.union_sum,
         skipped=list(scores.skipped),
@@ -324,17 +347,14 @@ def evaluate(
         batch_size=int(batch_size),
         device=str(dev),
         batch_invariant=bool(batch_invariant),
-        seconds=round(time.perf_counter() - start, 3),
     )
-    if writer is not None:
-        result["predictions"] = str(writer.directory)
     return result
 
 
 # ------------------------------------------------------------------------------------------ table
 
 
-def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Rows ``{"split", "expressions", "mIoU", ...}`` (fractions) -> a text table in percent, 2 decimals."""
     header = f"{'split':<10}{'expressions':>12}" + "".join(f"{k:>8}" for k in METRIC_KEYS)
     lines = [header]

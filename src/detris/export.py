@@ -1,15 +1,15 @@
 """Export a DETRIS model to ONNX or to a ``torch.export`` program (``detris export`` and the Python API).
 
-The exported graph is the model's eval-mode forward for one fixed shape:
+The exported graph is the model's eval-mode forward for one input size and any batch size:
 
 - ``images``: float32 ``(B, 3, S, S)``, letterboxed to ``S = config.image_size`` and normalised with the
   CLIP mean/std (``detris.data.transforms.letterbox_image`` + ``normalize_image``);
 - ``tokens``: int64 ``(B, word_len)`` from ``detris.tokenize(texts, context_length=word_len)``;
 - ``logits``: float32 ``(B, 1, 4S/14, 4S/14)``, before the sigmoid.
 
-``B`` is the ``batch_size`` given at export time. Shapes are fixed because the head applies one
-predicted kernel per sample as a grouped convolution whose group count is the batch size, and because
-the position embedding is resized for one patch grid. Post-processing (sigmoid, bicubic resize, inverse
+``B`` is free (a dynamic dimension; the head applies each sample's predicted kernel as one batched matrix
+product) unless a fixed ``batch_size`` is asked for at export time, e.g. for runtimes that want static
+shapes. ``S`` is fixed: the position embedding is resized for one patch grid. Post-processing (sigmoid, bicubic resize, inverse
 letterbox, threshold) stays outside the graph: it needs the original image size, and the official
 inverse warp is a ``cv2.warpAffine`` (see ``detris.postprocess``). The file records what a runtime
 needs to reproduce both ends (see :func:`export_metadata`).
@@ -22,25 +22,21 @@ rather than constants taken from the example input.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
-import shutil
-import sys
 import tempfile
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .data.transforms import CLIP_MEAN, CLIP_STD
-from .postprocess import DEFAULT_THRESHOLD
+from .processing import ProcessingConfig
+from .utils import atomic_write_with_side_files
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -70,6 +66,8 @@ OUTPUT_NAME = "logits"
 # A protobuf message cannot exceed 2 GiB; above this many bytes of weights the ONNX tensors go to a
 # side file ``<out>.data`` (every named variant, DETRIS-L* at 1.7 GB included, fits in one file).
 _SINGLE_FILE_LIMIT = int(1.8 * 2**30)
+_TRACE_BATCH = 2
+_MAX_BATCH = 4096  # the dynamic batch's upper bound recorded in the graph
 _INSTALL_HINT = "pip install 'detris[export]'"
 
 
@@ -90,9 +88,12 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def check_batch_size(batch_size: Any) -> int:
+def check_batch_size(batch_size: Any) -> int | None:
+    """None (a dynamic batch) or a positive int (a fixed one)."""
+    if batch_size is None:
+        return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ExportError(f"batch size must be a positive integer, got {batch_size!r}")
+        raise ExportError(f"batch size must be a positive integer (or none for a dynamic batch), got {batch_size!r}")
     return batch_size
 
 
@@ -205,35 +206,38 @@ def example_inputs(config: Any, batch_size: int = 1, device: torch.device | str 
     return images.to(device), tokens.to(device)
 
 
-def export_metadata(config: Any, batch_size: int) -> dict[str, str]:
-    """What a runtime needs besides the graph: shapes, normalisation and post-processing.
+def export_metadata(config: Any, batch_size: int | None, processing: ProcessingConfig | None = None) -> dict[str, str]:
+    """What a runtime needs besides the graph: shapes, normalisation and post-processing (the model's
+    stored preprocessing contract; the official one by default).
 
     Returns:
         string keys and values (ONNX ``metadata_props`` hold strings only); lists and the full config
         are JSON.
     """
-    from . import __version__
+    from .version import __version__
 
-    size, word_len = config.image_size, config.word_len
+    proc = processing or ProcessingConfig.for_model(config)
+    size, word_len = proc.input_size, proc.word_len
     side = 4 * size // config.patch_size
+    b = "B" if batch_size is None else str(batch_size)
     return {
         "detris_version": __version__,
         "variant": config.name,
         "image_size": str(size),
         "word_len": str(word_len),
-        "batch_size": str(batch_size),
+        "batch_size": "dynamic" if batch_size is None else str(batch_size),
         "inputs": (
-            f"images: float32 ({batch_size}, 3, {size}, {size}), RGB letterboxed to {size}x{size} "
+            f"images: float32 ({b}, 3, {size}, {size}), RGB letterboxed to {size}x{size} "
             "(cv2.warpAffine cubic of the uint8 image, border = mean * 255), then (x / 255 - mean) / std; "
-            f"tokens: int64 ({batch_size}, {word_len}), CLIP BPE ids, 0 = padding"
+            f"tokens: int64 ({b}, {word_len}), CLIP BPE ids, 0 = padding"
         ),
-        "outputs": f"logits: float32 ({batch_size}, 1, {side}, {side}), before the sigmoid",
-        "mean": json.dumps(list(CLIP_MEAN)),
-        "std": json.dumps(list(CLIP_STD)),
-        "threshold": str(DEFAULT_THRESHOLD),
+        "outputs": f"logits: float32 ({b}, 1, {side}, {side}), before the sigmoid",
+        "mean": json.dumps(list(proc.mean)),
+        "std": json.dumps(list(proc.std)),
+        "threshold": str(proc.threshold),
         "postprocess": (
             f"sigmoid -> bicubic (align_corners=True) to {size}x{size} -> inverse letterbox to the original "
-            f"size (cv2.warpAffine cubic, border 0) -> mask = probability > {DEFAULT_THRESHOLD}"
+            f"size (cv2.warpAffine cubic, border 0) -> mask = probability > {proc.threshold}"
         ),
         "config": json.dumps(config.to_dict(), sort_keys=True),
     }
@@ -255,30 +259,20 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Write through a private folder beside ``out``, then rename into place.
-
-    ``write`` gets the staged path (same file name as ``out``, so that an ONNX side file it references
-    keeps its name). Side files move first: a reader never sees a new ``out`` pointing at missing data.
-    A failed export leaves an existing ``out`` untouched and no partial file.
-    """
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        staged = staging / out.name
-        write(staged)
-        for extra in sorted(p for p in staging.iterdir() if p != staged):
-            os.replace(extra, out.parent / extra.name)
-        os.replace(staged, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
+def _dynamic_shapes(batch_size: int | None) -> dict[str, dict[int, Any]] | None:
+    """The batch dimension of both inputs as one symbol, or None for a fixed batch."""
+    if batch_size is not None:
+        return None
+    batch = torch.export.Dim("batch", min=1, max=_MAX_BATCH)
+    return {name: {0: batch} for name in INPUT_NAMES}
+
+
 def _write_onnx(graph: nn.Module, example: tuple[Tensor, Tensor], meta: dict[str, str], path: Path,
-                external_data: bool) -> None:
+                external_data: bool, dynamic: dict[str, dict[int, Any]] | None) -> None:
     import onnx
 
     program = torch.onnx.export(
@@ -289,9 +283,12 @@ def _write_onnx(graph: nn.Module, example: tuple[Tensor, Tensor], meta: dict[str
         opset_version=ONNX_OPSET,
         input_names=list(INPUT_NAMES),
         output_names=[OUTPUT_NAME],
+        dynamic_shapes=dynamic,
         optimize=True,
         verbose=False,
     )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
     model = program.model
     model.metadata_props.update(meta)
     model.doc_string = (
@@ -303,8 +300,9 @@ def _write_onnx(graph: nn.Module, example: tuple[Tensor, Tensor], meta: dict[str
     onnx.checker.check_model(str(path))
 
 
-def _write_program(graph: nn.Module, example: tuple[Tensor, Tensor], meta: dict[str, str], path: Path) -> None:
-    program = torch.export.export(graph, example, strict=False)
+def _write_program(graph: nn.Module, example: tuple[Tensor, Tensor], meta: dict[str, str], path: Path,
+                   dynamic: dict[str, dict[int, Any]] | None) -> None:
+    program = torch.export.export(graph, example, dynamic_shapes=dynamic, strict=False)
     torch.export.save(program, path, extra_files={PT2_METADATA_NAME: json.dumps(meta, indent=2)})
 
 
@@ -312,17 +310,17 @@ def export_model(
     model: nn.Module,
     fmt: str,
     out: PathLike,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     *,
     external_data: bool | None = None,
 ) -> Path:
-    """Export ``model``'s eval-mode forward for inputs of one fixed shape.
+    """Export ``model``'s eval-mode forward for its input size and any (or one fixed) batch size.
 
     Args:
         model: a DETRIS model (``build_model`` / ``from_pretrained``) with float32 weights, on any device.
         fmt: ``"onnx"`` (a ``.onnx`` file) or ``"torch-export"`` (a ``.pt2`` file for ``torch.export.load``).
         out: output file; its folder is created if missing. Written atomically.
-        batch_size: the fixed B of the graph.
+        batch_size: None (default): the graph takes any batch size; an int: only that one.
         external_data: ONNX only: store the weights in ``<out>.data`` beside the graph. Default: only when
             they would not fit a single 2 GiB protobuf file.
 
@@ -343,8 +341,10 @@ def export_model(
     cfg = _check_model(model)
     path = prepare_output(out, fmt, create=True)
     device = next(model.parameters()).device
-    example = example_inputs(cfg, batch_size, device)
-    meta = export_metadata(cfg, batch_size)
+    # A traced dimension of size 1 would be specialised to 1: trace a dynamic batch with two samples.
+    example = example_inputs(cfg, batch_size or _TRACE_BATCH, device)
+    meta = export_metadata(cfg, batch_size, getattr(model, "processing", None))
+    dynamic = _dynamic_shapes(batch_size)
     if external_data is None:
         external_data = _weight_bytes(model) > _SINGLE_FILE_LIMIT
 
@@ -353,9 +353,9 @@ def export_model(
     try:
         with torch.no_grad(), _quiet_exporter():
             if fmt == "onnx":
-                _write_atomically(path, lambda p: _write_onnx(graph, example, meta, p, external_data))
+                atomic_write_with_side_files(path, lambda p: _write_onnx(graph, example, meta, p, external_data, dynamic))
             else:
-                _write_atomically(path, lambda p: _write_program(graph, example, meta, p))
+                atomic_write_with_side_files(path, lambda p: _write_program(graph, example, meta, p, dynamic))
     finally:
         for module, training in modes:
             module.training = training

@@ -21,7 +21,8 @@ referring expression separately.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ PR_THRESHOLDS: tuple[float, ...] = tuple(
 #: Summary keys of the Pr@ values, in the official spelling.
 PR_KEYS: tuple[str, ...] = ("Pr@50", "Pr@60", "Pr@70", "Pr@80", "Pr@90")
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 
 def _to_bool(x: ArrayLike, name: str) -> np.ndarray:
@@ -235,7 +236,7 @@ class SegmentationMeter:
         self.pr_counts = [int(c) for c in state["pr_counts"]]
         self.ious = []
 
-    def merge(self, other: "SegmentationMeter") -> "SegmentationMeter":
+    def merge(self, other: SegmentationMeter) -> SegmentationMeter:
         """Add another meter's samples into this one (in place); returns ``self``."""
         if tuple(other.thresholds) != self.thresholds:
             raise ValueError(
@@ -250,7 +251,7 @@ class SegmentationMeter:
             self.ious.extend(other.ious)
         return self
 
-    def to_tensor(self, device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+    def to_tensor(self, device: str | torch.device | None = None) -> torch.Tensor:
         """The sums as a float64 vector ``[count, I, U, iou_sum, pr_0, ...]`` for ``all_reduce(SUM)``.
 
         float64 holds integers exactly up to 2**53, far above any pixel count of a benchmark.
@@ -271,7 +272,7 @@ class SegmentationMeter:
         self.iou_sum = float(vals[3])
         self.pr_counts = [int(round(v)) for v in vals[4:]]
 
-    def all_reduce(self, group: Any = None) -> "SegmentationMeter":
+    def all_reduce(self, group: Any = None) -> SegmentationMeter:
         """Sum the state over all ranks of ``torch.distributed`` (no-op when not initialised)."""
         import torch.distributed as dist
 

@@ -17,7 +17,7 @@ The sequence reproduced here is the one of the official ``engine/engine.py`` (``
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_THRESHOLD", "logits_to_probability", "binarize"]
 #: Probability threshold of the official evaluation (compared with ``>``).
 DEFAULT_THRESHOLD: float = 0.35
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 
 def _as_numpy(x: ArrayLike) -> np.ndarray:
@@ -43,8 +43,8 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
 def logits_to_probability(
     logits: torch.Tensor,
     input_hw: Sequence[int],
-    inverses: Union[Sequence[ArrayLike], ArrayLike],
-    orig_sizes: Union[Sequence[Sequence[int]], ArrayLike],
+    inverses: Sequence[ArrayLike] | ArrayLike,
+    orig_sizes: Sequence[Sequence[int]] | ArrayLike,
 ) -> list[np.ndarray]:
     """Turn model logits into probability maps over the original images.
 
@@ -67,7 +67,7 @@ def logits_to_probability(
     in_h, in_w = (int(v) for v in input_hw)
     n = logits.shape[0]
     inverses_np = [np.asarray(_as_numpy(m), dtype=np.float64) for m in inverses]
-    sizes_np = [tuple(int(v) for v in _as_numpy(s).reshape(-1)) for s in orig_sizes]
+    sizes_np = [tuple(int(v) for v in np.asarray(_as_numpy(s)).reshape(-1)) for s in orig_sizes]  # type: ignore[arg-type]
     if len(inverses_np) != n or len(sizes_np) != n:
         raise ValueError(
             f"got {n} logit maps but {len(inverses_np)} inverse matrices and {len(sizes_np)} sizes; "

@@ -12,20 +12,14 @@ Several expressions for one image are run as one batch; the image is pre-process
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import math
 import os
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .data.images import ImageInput, ImageLoadError, load_image
+from .data.images import ImageInput, load_image
 from .inference import prepare_image, segment
 from .processing import ProcessingConfig
 from .tokenizer import shared_tokenizer, tokenize
@@ -59,7 +53,7 @@ class Prediction:
         return int(self.mask.sum())
 
 
-def check_texts(texts: Union[str, Sequence[str]], word_len: int) -> tuple[list[str], list[bool]]:
+def check_texts(texts: str | Sequence[str], word_len: int) -> tuple[list[str], list[bool]]:
     """Validate referring expressions; returns them as a list and, per text, whether it will be cut.
 
     Raises:
@@ -110,8 +104,8 @@ class Predictor:
     def __init__(
         self,
         model: torch.nn.Module,
-        device: Union[None, str, torch.device] = None,
-        dtype: Union[None, str, torch.dtype] = None,
+        device: None | str | torch.device = None,
+        dtype: None | str | torch.dtype = None,
         max_batch: int = 8,
     ) -> None:
 
@@ -141,11 +135,11 @@ class Predictor:
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: Union[str, os.PathLike],
-        device: Union[None, str, torch.device] = None,
-        dtype: Union[None, str, torch.dtype] = None,
+        name_or_path: str | os.PathLike,
+        device: None | str | torch.device = None,
+        dtype: None | str | torch.dtype = None,
         **kwargs,
-    ) -> "Predictor":
+    ) -> Predictor:
         """A Predictor for a model directory written by ``save_pretrained`` (or a Hub id)."""
         from .pretrained import from_pretrained
 
@@ -154,9 +148,9 @@ class Predictor:
     def predict(
         self,
         image: ImageInput,
-        texts: Union[str, Sequence[str]],
-        threshold: Optional[float] = None,
-    ) -> List[Prediction]:
+        texts: str | Sequence[str],
+        threshold: float | None = None,
+    ) -> list[Prediction]:
         """Segment what each expression refers to.
 
         Args:
@@ -181,7 +175,7 @@ class Predictor:
         pixels, inverse = prepare_image(rgb, self.image_size)
         pixels = pixels.unsqueeze(0).to(self.device)
         tokens = tokenize(texts, context_length=self.word_len).to(self.device)
-        out: List[Prediction] = []
+        out: list[Prediction] = []
         for start in range(0, len(texts), self.max_batch):
             chunk = tokens[start : start + self.max_batch]
             n = chunk.shape[0]

@@ -17,11 +17,11 @@ from typing import Any
 from . import bundled
 from .build import build_model
 from .modeling import DETRIS
-from .variants import DetrisConfig
-from .weights import CONFIG_NAME, WEIGHTS_NAME, PathLike
+from .variants import VARIANTS, DetrisConfig
+from .weights import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, PathLike
 from .weights.detris_format import ModelFiles, load_trained_weights, push_to_hub, read_model_dir
 from .weights.io import load_state_file
-from .weights.official import extract_state_dict, load_detris_state
+from .weights.official import extract_state_dict, guess_variant, infer_config, load_detris_state
 
 __all__ = ["from_pretrained", "load_official_checkpoint", "resolve_model_dir", "push_to_hub", "detris_home"]
 
@@ -43,6 +43,8 @@ def resolve_model_dir(name: PathLike) -> Path:
     if name == bundled.DEMO_MODEL_NAME:
         return bundled.demo_model_dir()
     path = Path(name).expanduser()
+    if path.is_dir() and path.resolve() == (bundled.assets_dir() / bundled.DEMO_MODEL_NAME).resolve():
+        return bundled.demo_model_dir()
     if path.is_dir():
         missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (path / f).is_file()]
         if missing:
@@ -61,7 +63,7 @@ def resolve_model_dir(name: PathLike) -> Path:
         ) from None
     try:
         return Path(snapshot_download(name))
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, network: one message
+    except Exception as exc:  # offline, unknown repo, network: one message
         raise FileNotFoundError(
             f"model {name}: no such local directory, and fetching it from the Hugging Face Hub failed "
             f"({type(exc).__name__}: {exc}); expected {_EXPECTED}"
@@ -110,18 +112,29 @@ def from_pretrained(
         return _build(read_model_dir(directory), dinov2_weights, clip_weights)
     except bundled.BundledAssetError:
         raise
-    except Exception as err:  # noqa: BLE001 - any failure to read a shipped file means the same fix
+    except Exception as err:  # any failure to read a shipped file means the same fix
         raise bundled.damaged(directory, err) from err
 
 
-def load_official_checkpoint(path: PathLike, variant: str | DetrisConfig = "detris-b", **overrides: Any) -> DETRIS:
+def load_official_checkpoint(path: PathLike, variant: str | DetrisConfig | None = None, **overrides: Any) -> DETRIS:
     """Build the model for ``variant`` and load an official DETRIS training checkpoint into it.
 
     The checkpoint alone is enough (it holds the frozen backbones too). Loading is strict; the only keys
-    that may be dropped are the unused CLIP image tower (``txt_backbone.visual.*``). Returns the model in
-    eval mode. ``overrides`` replace variant fields (e.g. ``word_len=22`` for RefCOCOg-umd models).
+    that may be dropped are the unused CLIP image tower (``txt_backbone.visual.*``). ``variant=None``
+    reads it off the tensors' shapes (``model.config.name`` says which it was). Returns the model in
+    eval mode. ``overrides`` replace variant fields (e.g. ``word_len=22`` for RefCOCOg-umd models: the
+    token length cannot be read off the shapes).
     """
     sd = extract_state_dict(load_state_file(path))
+    if variant is None:
+        variant = guess_variant(sd)
+        if variant is None:
+            info = infer_config(sd)
+            what = "a DETRIS checkpoint of no known variant" if "vision_width" in info else "not a DETRIS checkpoint"
+            raise CheckpointError(
+                f"{path}: {what} (no dinov2/txt_backbone tensors of the shapes of {sorted(VARIANTS)}); "
+                "pass the variant explicitly if it is a modified one"
+            )
     model = build_model(variant, **overrides)
     load_detris_state(model, sd, what=f"DETRIS checkpoint {path}")
     return model.eval()

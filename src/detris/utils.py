@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_write", "check_output_dir", "resolve_device"]
+__all__ = ["atomic_write", "atomic_write_with_side_files", "check_output_dir", "resolve_device"]
 
 
 def _umask() -> int:
@@ -40,6 +41,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_with_side_files(out: Path, write: Callable[[Path], None]) -> None:
+    """`atomic_write` for writers that may add side files beside ``out`` (an ONNX weight file): write
+    through a private folder beside ``out``, then rename everything into place.
+
+    ``write`` gets the staged path (same file name as ``out``, so that an ONNX side file it references
+    keeps its name). Side files move first: a reader never sees a new ``out`` pointing at missing data.
+    A failed export leaves an existing ``out`` untouched and no partial file.
+    """
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        staged = staging / out.name
+        write(staged)
+        for extra in sorted(p for p in staging.iterdir() if p != staged):
+            os.replace(extra, out.parent / extra.name)
+        os.replace(staged, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_output_dir(directory: str | os.PathLike, what: str = "output folder") -> Path:

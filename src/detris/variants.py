@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+#: Fields that older files may carry and that never changed the model: ignored when read.
+RETIRED_FIELDS = frozenset({"neck_heads"})
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,6 @@ class DetrisConfig:
     decoder_heads: int = 8
     decoder_ffn_dim: int = 512
     decoder_dropout: float = 0.1
-    neck_heads: int = 8
     head_kernel_size: int = 3
     # --- input
     image_size: int = 448
@@ -98,18 +100,19 @@ class DetrisConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DetrisConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DetrisConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown DETRIS config keys {unknown}; known keys are {sorted(known)}")
         return cls(**d)
 
     @classmethod
-    def from_json(cls, text: str) -> "DetrisConfig":
+    def from_json(cls, text: str) -> DetrisConfig:
         return cls.from_dict(json.loads(text))
 
-    def replace(self, **changes: Any) -> "DetrisConfig":
+    def replace(self, **changes: Any) -> DetrisConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -156,7 +159,6 @@ _DETRIS_TINY = DetrisConfig(
     decoder_layers=1,
     decoder_heads=4,
     decoder_ffn_dim=128,
-    neck_heads=4,
     image_size=224,
 )
 
@@ -165,7 +167,7 @@ VARIANTS: dict[str, DetrisConfig] = {
 }
 
 
-def get_variant(name: str, **overrides: Any) -> DetrisConfig:
+def get_variant(name: str | DetrisConfig, **overrides: Any) -> DetrisConfig:
     """Return the named variant, optionally with some fields replaced (e.g. ``word_len=22``)."""
     if isinstance(name, DetrisConfig):
         return name.replace(**overrides) if overrides else name

@@ -73,7 +73,7 @@ def overlay_mask(
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..bundled import DEMO_MODEL_NAME
 
@@ -18,7 +19,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from ..variants import get_variant, list_variants
 
     names = list_variants() if args.variant == "all" else [args.variant]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         cfg = get_variant(name)
         # Shapes only: the meta device builds even DETRIS-L instantly and allocates nothing.
@@ -45,7 +46,8 @@ def _cmd_convert_official(args: argparse.Namespace) -> int:
     overrides = {"word_len": args.word_len} if args.word_len else {}
     model = load_official_checkpoint(args.checkpoint, variant=args.variant, **overrides)
     out = model.save_pretrained(args.out)
-    print(f"converted {args.checkpoint} ({model.config.name}) -> {out}")
+    how = "given" if args.variant else "read off the checkpoint's shapes"
+    print(f"converted {args.checkpoint} ({model.config.name}, {how}; word_len {model.config.word_len}) -> {out}")
     return 0
 
 
@@ -97,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert-official", help="official DETRIS .pth -> config.json + model.safetensors")
     p.add_argument("checkpoint", help="checkpoint written by the official train.py")
-    p.add_argument("--variant", required=True, help="detris-b, detris-l or detris-l-mixed")
+    p.add_argument("--variant", default=None,
+                   help="detris-b, detris-l or detris-l-mixed (default: read off the checkpoint's shapes)")
     p.add_argument("--word-len", type=int, default=None, help="token length (22 for RefCOCOg-umd models)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_convert_official)
@@ -157,11 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting beyond this are rejected")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("export", help="export a model for a fixed input size and token length")
+    p = sub.add_parser("export", help="export a model (its input size and token length; any batch size)")
     p.add_argument("--model", required=True, help="model directory or Hub id")
     p.add_argument("--format", required=True, choices=["onnx", "torch-export"])
     p.add_argument("--out", required=True, help="output file (.onnx or .pt2)")
-    p.add_argument("--batch-size", type=int, default=1, help="fixed batch size of the exported graph")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="fix the graph's batch size (default: any batch size)")
     p.set_defaults(func=_cmd_export)
     return parser
 

@@ -42,31 +42,10 @@ def _check_images(dataset: Any, image_root: Path, skip_bad: bool) -> list[str]:
     return missing
 
 
-def run_eval_command(args: argparse.Namespace) -> int:
-    """``detris eval``: load a model and a REFER split, evaluate, print a table, optionally write JSON.
-
-    Every check that can fail on user input (device, model folder, data layout, split, image root)
-    runs before the weights are loaded and before any image is decoded.
-
-    Args:
-        args: ``model, dataset, split, data_root, image_root, batch_size, workers, device,
-            save_predictions, json, skip_bad`` (see ``detris eval --help``).
-
-    Returns:
-        0 on success (errors are raised: ``FileNotFoundError`` / ``ValueError`` with a clear message).
-    """
+def _load_split(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
+    """The REFER split as a test-mode dataset; every data error raised before the model is loaded."""
     from ..data.datasets import ReferSegDataset
-    from ..data.refer import DATASETS, load_refer
-
-    if int(args.batch_size) < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if int(args.workers) < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.dataset not in DATASETS:
-        raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
-    device = resolve_device(args.device)
-    model_dir = resolve_model_dir(str(args.model))
-    cfg = read_model_dir(model_dir).config
+    from ..data.refer import load_refer
 
     # The REFER loader raises FileNotFoundError naming the missing file and showing the expected layout.
     refer = load_refer(args.data_root, args.dataset)
@@ -89,27 +68,11 @@ def run_eval_command(args: argparse.Namespace) -> int:
     missing = _check_images(dataset, image_root, bool(args.skip_bad))
     if missing:
         print(f"warning: {len(missing)} image(s) missing; they will be skipped", file=sys.stderr)
+    return refer, dataset
 
-    model = from_pretrained(model_dir)
-    print(
-        f"model {args.model} ({cfg.name}, input {cfg.image_size} px, word_len {cfg.word_len}) on {device}; "
-        f"{args.dataset} ({refer.split_by}) {args.split}: {dataset.num_refs} refs, {len(dataset)} expressions",
-        flush=True,
-    )
-    try:
-        result = evaluate(
-            model,
-            dataset,
-            batch_size=int(args.batch_size),
-            device=device,
-            workers=int(args.workers),
-            save_predictions=args.save_predictions,
-            progress=sys.stderr.isatty(),
-        )
-    except ImageLoadError as exc:
-        raise type(exc)(f"{exc}\n(pass --skip-bad to skip unreadable images and list them)") from None
-    row = {"split": args.split, **result}
-    print(format_table([row]))
+
+def _report(args: argparse.Namespace, cfg: Any, refer: Any, result: dict[str, Any]) -> None:
+    print(format_table([{"split": args.split, **result}]))
     if result["skipped"]:
         print(
             f"skipped {len(result['skipped'])} unreadable image(s) ({result['skipped_expressions']} expressions "
@@ -136,4 +99,43 @@ def run_eval_command(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(json_safe(payload), indent=2) + "\n", encoding="utf-8")
         print(f"metrics written to {out}")
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    """``detris eval``: load a model and a REFER split, evaluate, print a table, optionally write JSON.
+
+    Every check that can fail on user input (device, model folder, data layout, split, image root)
+    runs before the weights are loaded and before any image is decoded.
+
+    Args:
+        args: ``model, dataset, split, data_root, image_root, batch_size, workers, device,
+            save_predictions, json, skip_bad`` (see ``detris eval --help``).
+
+    Returns:
+        0 on success (errors are raised: ``FileNotFoundError`` / ``ValueError`` with a clear message).
+    """
+    from ..data.refer import DATASETS
+
+    if int(args.batch_size) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if int(args.workers) < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.dataset not in DATASETS:
+        raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
+    device = resolve_device(args.device)
+    model_dir = resolve_model_dir(str(args.model))
+    cfg = read_model_dir(model_dir).config
+    refer, dataset = _load_split(args, cfg)
+    model = from_pretrained(model_dir)
+    print(
+        f"model {args.model} ({cfg.name}, input {cfg.image_size} px, word_len {cfg.word_len}) on {device}; "
+        f"{args.dataset} ({refer.split_by}) {args.split}: {dataset.num_refs} refs, {len(dataset)} expressions",
+        flush=True,
+    )
+    try:
+        result = evaluate(model, dataset, batch_size=int(args.batch_size), device=device, workers=int(args.workers),
+                          save_predictions=args.save_predictions, progress=sys.stderr.isatty())
+    except ImageLoadError as exc:
+        raise type(exc)(f"{exc}\n(pass --skip-bad to skip unreadable images and list them)") from None
+    _report(args, cfg, refer, result)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from ..export import (
     MissingExportDependency,
@@ -14,10 +15,16 @@ from ..export import (
     prepare_output,
     require_packages,
 )
-from ..postprocess import DEFAULT_THRESHOLD
 from ..pretrained import from_pretrained, resolve_model_dir
+from ..processing import ProcessingConfig
 
 __all__ = ["run_export_command"]
+
+
+def meta_threshold(model: Any) -> float:
+    """The threshold the exported file records: the model's stored one."""
+    processing = getattr(model, "processing", None)
+    return processing.threshold if processing is not None else ProcessingConfig.for_model(model.config).threshold
 
 
 def run_export_command(args: argparse.Namespace) -> int:
@@ -40,15 +47,16 @@ def run_export_command(args: argparse.Namespace) -> int:
     start, started_at = time.perf_counter(), time.time()
     path = export_model(model, fmt, out, batch_size=batch_size)
     side = 4 * cfg.image_size // cfg.patch_size
+    b = "B" if batch_size is None else batch_size
     # An ONNX weight side file counts only if this export wrote it (not one left by an earlier export).
     files = [path, path.with_name(path.name + ".data")]
     size_mb = sum(f.stat().st_size for f in files if f.is_file() and f.stat().st_mtime >= started_at - 1) / 1e6
     print(
         f"exported {cfg.name} from {model_dir} to {path} ({fmt}, {size_mb:.1f} MB, "
         f"{time.perf_counter() - start:.1f} s)\n"
-        f"  inputs : images float32 ({batch_size}, 3, {cfg.image_size}, {cfg.image_size}) CLIP-normalised, "
-        f"tokens int64 ({batch_size}, {cfg.word_len})\n"
-        f"  output : logits float32 ({batch_size}, 1, {side}, {side}); "
-        f"mask = sigmoid -> bicubic -> inverse letterbox -> > {DEFAULT_THRESHOLD}"
+        f"  inputs : images float32 ({b}, 3, {cfg.image_size}, {cfg.image_size}) CLIP-normalised, "
+        f"tokens int64 ({b}, {cfg.word_len})\n"
+        f"  output : logits float32 ({b}, 1, {side}, {side}); "
+        f"mask = sigmoid -> bicubic -> inverse letterbox -> > {meta_threshold(model)}"
     )
     return 0

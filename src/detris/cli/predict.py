@@ -22,7 +22,7 @@ __all__ = ["IMAGE_SUFFIXES", "run_predict_command"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _image_files(path: Path) -> List[Path]:
+def _image_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:

@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,24 +62,24 @@ __all__ = [
     "collate",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 #: ``tokenizer(texts, context_length=L) -> LongTensor (N, L)``, like `detris.tokenizer.tokenize`.
 Tokenizer = Callable[..., torch.Tensor]
 
 _MODES = ("train", "val", "test")
 #: The datasets of the official "mixed" training set, in the order tools/mix.py concatenates them.
-MIXED_DATASETS: Tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd")
+MIXED_DATASETS: tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd")
 
 
 @dataclass(frozen=True)
 class _Entry:
     """One referred object: its image, its sentences and how to find its mask."""
 
-    ref_id: Union[int, str]
+    ref_id: int | str
     image_path: str
-    sentences: Tuple[Tuple[Union[int, str], str], ...]  # ((sent_id, text), ...)
+    sentences: tuple[tuple[int | str, str], ...]  # ((sent_id, text), ...)
     dataset: str
-    expected_hw: Optional[Tuple[int, int]] = None  # size promised by the annotation, if any
+    expected_hw: tuple[int, int] | None = None  # size promised by the annotation, if any
     mask_spec: Any = None  # subclass-specific description of the mask
 
 
@@ -97,7 +98,7 @@ class _ExpressionDataset(Dataset):
         mode: str,
         input_size: int,
         word_len: int,
-        tokenizer: Optional[Tokenizer],
+        tokenizer: Tokenizer | None,
         seed: int,
         skip_bad: bool,
         empty_sentences: str,
@@ -117,16 +118,16 @@ class _ExpressionDataset(Dataset):
         self.skip_bad = bool(skip_bad)
         self.empty_sentences = empty_sentences
         #: Image paths skipped because they could not be read (only with ``skip_bad=True``).
-        self.skipped: List[str] = []
+        self.skipped: list[str] = []
         #: ``(ref_id, sent_id)`` of empty sentences removed with ``empty_sentences='drop'``.
-        self.dropped_sentences: List[Tuple[Any, Any]] = []
-        self._entries: List[_Entry] = []
-        self._items: List[Tuple[int, Optional[int]]] = []
+        self.dropped_sentences: list[tuple[Any, Any]] = []
+        self._entries: list[_Entry] = []
+        self._items: list[tuple[int, int | None]] = []
 
     # ----------------------------------------------------------------- index
     def _finalize(self, where: str) -> None:
         """Check sentences and build the item list. ``where`` names the source in error messages."""
-        checked: List[_Entry] = []
+        checked: list[_Entry] = []
         for entry in self._entries:
             kept = []
             for sent_id, text in entry.sentences:
@@ -174,7 +175,7 @@ class _ExpressionDataset(Dataset):
         """Choose the epoch whose sentence draw `__getitem__` returns in train mode."""
         self.epoch = int(epoch)
 
-    def sentence_index(self, index: int, _stream: Tuple[int, ...] = ()) -> int:
+    def sentence_index(self, index: int, _stream: tuple[int, ...] = ()) -> int:
         """Which sentence of item ``index`` is used now (train: the epoch's random draw)."""
         entry_idx, sent_idx = self._items[index]
         if sent_idx is not None:
@@ -198,10 +199,10 @@ class _ExpressionDataset(Dataset):
             )
         return ids.reshape(self.word_len).long()
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         return self._get(index, ())
 
-    def _get(self, index: int, _stream: Tuple[int, ...]) -> Dict[str, Any]:
+    def _get(self, index: int, _stream: tuple[int, ...]) -> dict[str, Any]:
         if index < 0:
             index += len(self)
         entry_idx, _ = self._items[index]
@@ -229,7 +230,7 @@ class _ExpressionDataset(Dataset):
             return {"skipped": entry.image_path, "reason": str(exc)}
 
         warped, mat, inv = letterbox_image(image, self.input_size)
-        item: Dict[str, Any] = {
+        item: dict[str, Any] = {
             "image": normalize_image(warped),
             "tokens": self._tokens(sentence),
             "mask": torch.from_numpy(letterbox_mask(mask, mat, self.input_size)).unsqueeze(0),
@@ -269,11 +270,11 @@ class ReferSegDataset(_ExpressionDataset):
         self,
         refer: ReferDataset,
         split: str,
-        mode: Optional[str] = None,
+        mode: str | None = None,
         image_root: PathLike = ".",
         input_size: int = 448,
         word_len: int = 17,
-        tokenizer: Optional[Tokenizer] = None,
+        tokenizer: Tokenizer | None = None,
         seed: int = 0,
         skip_bad: bool = False,
         empty_sentences: str = "error",
@@ -331,13 +332,13 @@ class MixedReferDataset(Dataset):
 
     def __init__(
         self,
-        source: Union[PathLike, Sequence[ReferDataset]],
+        source: PathLike | Sequence[ReferDataset],
         split: str = "train",
-        mode: Optional[str] = None,
+        mode: str | None = None,
         image_root: PathLike = ".",
         input_size: int = 448,
         word_len: int = 17,
-        tokenizer: Optional[Tokenizer] = None,
+        tokenizer: Tokenizer | None = None,
         seed: int = 0,
         skip_bad: bool = False,
         empty_sentences: str = "error",
@@ -350,7 +351,7 @@ class MixedReferDataset(Dataset):
         tokenizer = tokenizer if tokenizer is not None else _default_tokenizer()
         self.split = split
         self.mode = mode
-        self.parts: List[ReferSegDataset] = [
+        self.parts: list[ReferSegDataset] = [
             ReferSegDataset(r, split, mode, image_root, input_size, word_len, tokenizer, seed, skip_bad,
                             empty_sentences)
             for r in refers
@@ -360,7 +361,7 @@ class MixedReferDataset(Dataset):
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
-    def _locate(self, index: int) -> Tuple[int, int]:
+    def _locate(self, index: int) -> tuple[int, int]:
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
@@ -368,7 +369,7 @@ class MixedReferDataset(Dataset):
         part = int(np.searchsorted(self._offsets, index, side="right") - 1)
         return part, index - int(self._offsets[part])
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         part, local = self._locate(index)
         # The part number joins the seed so that equal local indices of different parts draw independently.
         return self.parts[part]._get(local, (part,))
@@ -379,7 +380,7 @@ class MixedReferDataset(Dataset):
             p.set_epoch(epoch)
 
     @property
-    def skipped(self) -> List[str]:
+    def skipped(self) -> list[str]:
         """Skipped image paths over all parts (this process only)."""
         return [path for p in self.parts for path in p.skipped]
 
@@ -462,11 +463,11 @@ class JsonlSegDataset(_ExpressionDataset):
     def __init__(
         self,
         path: PathLike,
-        image_root: Optional[PathLike] = None,
+        image_root: PathLike | None = None,
         mode: str = "train",
         input_size: int = 448,
         word_len: int = 17,
-        tokenizer: Optional[Tokenizer] = None,
+        tokenizer: Tokenizer | None = None,
         seed: int = 0,
         skip_bad: bool = False,
         empty_sentences: str = "error",
@@ -478,7 +479,7 @@ class JsonlSegDataset(_ExpressionDataset):
         base = self.path.parent
         img_base = Path(image_root) if image_root is not None else base
         self.image_root = img_base
-        with open(self.path, "r", encoding="utf-8") as f:
+        with open(self.path, encoding="utf-8") as f:
             lines = f.read().splitlines()
         for lineno, line in enumerate(lines, start=1):
             if not line.strip() or line.lstrip().startswith("#"):
@@ -527,7 +528,7 @@ class JsonlSegDataset(_ExpressionDataset):
         if kind == "mask":
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{where}: 'mask' must be a path string to a PNG mask")
-            spec: Tuple[str, Any] = ("mask", str(base / value))
+            spec: tuple[str, Any] = ("mask", str(base / value))
         elif kind == "polygon":
             ok = isinstance(value, list) and value and all(
                 isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
@@ -541,8 +542,8 @@ class JsonlSegDataset(_ExpressionDataset):
                 )
             spec = ("polygon", value)
         else:
-            size = value.get("size") if isinstance(value, dict) else None
-            counts = value.get("counts") if isinstance(value, dict) else None
+            size: Any = value.get("size") if isinstance(value, dict) else None
+            counts: Any = value.get("counts") if isinstance(value, dict) else None
             ok_size = isinstance(size, list) and len(size) == 2 and all(
                 isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
             )
@@ -589,7 +590,7 @@ class JsonlSegDataset(_ExpressionDataset):
 _STACKED = ("image", "tokens", "mask", "orig_size", "inverse")
 
 
-def collate(batch: Sequence[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Batch items from these datasets (use as ``DataLoader(..., collate_fn=collate)``).
 
     Stacks ``image (N,3,S,S)``, ``tokens (N,L)``, ``mask (N,1,S,S)``, ``orig_size (N,2)`` and
@@ -597,8 +598,8 @@ def collate(batch: Sequence[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any
     (markers from ``skip_bad=True``, or ``None``) are dropped and their paths listed in
     ``batch["skipped"]``. Returns ``None`` when every item of the batch was skipped.
     """
-    good: List[Dict[str, Any]] = []
-    skipped: List[str] = []
+    good: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for item in batch:
         if item is None:
             continue
@@ -608,7 +609,7 @@ def collate(batch: Sequence[Optional[Dict[str, Any]]]) -> Optional[Dict[str, Any
         good.append(item)
     if not good:
         return None
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for key in good[0]:
         values = [it[key] for it in good]
         out[key] = torch.stack(values) if key in _STACKED else values

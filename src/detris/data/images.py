@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = ["ImageLoadError", "ImageNotFoundError", "ImageInput", "load_image"]
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
 class ImageLoadError(ValueError):
@@ -91,7 +90,7 @@ def _array_to_rgb(arr: np.ndarray, source: str) -> np.ndarray:
 def _pil_to_rgb(img: Image.Image, source: str) -> np.ndarray:
     try:
         transposed = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block must not make a readable image unreadable
+    except Exception:  # a malformed EXIF block must not make a readable image unreadable
         transposed = None
     if transposed is not None:
         img = transposed

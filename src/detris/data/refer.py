@@ -25,7 +25,7 @@ import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -41,19 +41,19 @@ __all__ = [
     "segmentation_to_mask",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 @dataclass(frozen=True)
 class _DatasetSpec:
     folder: str
     split_by: str
-    split_bys: Tuple[str, ...]
+    split_bys: tuple[str, ...]
 
 
 # Public dataset names -> (folder under DATA_ROOT, default refs file, refs files that exist upstream).
 # refcocog_u / refcocog_g are the names the official code uses for its processed folders.
-DATASETS: Dict[str, _DatasetSpec] = {
+DATASETS: dict[str, _DatasetSpec] = {
     "refcoco": _DatasetSpec("refcoco", "unc", ("unc", "google")),
     "refcoco_google": _DatasetSpec("refcoco", "google", ("unc", "google")),
     "refcoco+": _DatasetSpec("refcoco+", "unc", ("unc",)),
@@ -84,7 +84,7 @@ class SafeUnpickler(pickle.Unpickler):
     other than the built-in containers needs a global, and none is handed out.
     """
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+    def find_class(self, module: str, name: str) -> Any:  # the pickle API
         raise UnsafePickleError(
             f"refusing to load {module}.{name}: this pickle references a class or function, but a "
             f"REFER refs file holds only lists, dicts, strings and numbers. The file is not a genuine "
@@ -127,7 +127,7 @@ def safe_load_pickle(path: PathLike) -> Any:
         obj = SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any decoding failure means "not a usable pickle"
+    except Exception as exc:  # any decoding failure means "not a usable pickle"
         raise ValueError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
     return _decode_py2_text(obj)
 
@@ -231,7 +231,7 @@ class ReferDataset:
         categories: ``{category_id: name}``.
     """
 
-    def __init__(self, data_root: PathLike, dataset: str = "refcoco", split_by: Optional[str] = None) -> None:
+    def __init__(self, data_root: PathLike, dataset: str = "refcoco", split_by: str | None = None) -> None:
         if dataset not in DATASETS:
             raise ValueError(
                 f"unknown REFER dataset {dataset!r}; choose one of {sorted(DATASETS)}"
@@ -259,7 +259,7 @@ class ReferDataset:
         if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
             raise ValueError(f"{refs_path}: expected a list of ref dicts, got {type(refs).__name__}")
         try:
-            with open(inst_path, "r", encoding="utf-8") as f:
+            with open(inst_path, encoding="utf-8") as f:
                 instances = json.load(f)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{inst_path}: not valid JSON ({exc})") from exc
@@ -267,12 +267,12 @@ class ReferDataset:
             if key not in instances:
                 raise ValueError(f"{inst_path}: missing the COCO key {key!r}")
 
-        self.images: Dict[int, Dict[str, Any]] = {int(im["id"]): im for im in instances["images"]}
-        self.anns: Dict[int, Dict[str, Any]] = {int(a["id"]): a for a in instances["annotations"]}
-        self.categories: Dict[int, str] = {
+        self.images: dict[int, dict[str, Any]] = {int(im["id"]): im for im in instances["images"]}
+        self.anns: dict[int, dict[str, Any]] = {int(a["id"]): a for a in instances["annotations"]}
+        self.categories: dict[int, str] = {
             int(c["id"]): str(c.get("name", c["id"])) for c in instances.get("categories", [])
         }
-        self.refs: Dict[int, Dict[str, Any]] = {}
+        self.refs: dict[int, dict[str, Any]] = {}
         for i, ref in enumerate(refs):
             missing = [k for k in _REQUIRED_REF_KEYS if k not in ref]
             if missing:
@@ -290,7 +290,7 @@ class ReferDataset:
 
     # ------------------------------------------------------------------ splits
     @property
-    def splits(self) -> List[str]:
+    def splits(self) -> list[str]:
         """Split names that select at least one ref (raw names plus derived ``test``/``testA``...)."""
         raw = sorted({str(r["split"]) for r in self.refs.values()})
         derived = set(raw)
@@ -301,7 +301,7 @@ class ReferDataset:
         order = {"train": 0, "val": 1, "test": 2}
         return sorted(derived, key=lambda s: (order.get(s, 3), s))
 
-    def ref_ids(self, split: Optional[str] = None) -> List[int]:
+    def ref_ids(self, split: str | None = None) -> list[int]:
         """Ref ids of a split in file order (all refs if ``split`` is None).
 
         Raises:
@@ -317,11 +317,11 @@ class ReferDataset:
         return ids
 
     # ------------------------------------------------------------------ lookups
-    def sentences(self, ref_id: int) -> List[Dict[str, Any]]:
+    def sentences(self, ref_id: int) -> list[dict[str, Any]]:
         """The ref's sentences ``[{sent, raw, tokens, sent_id}, ...]`` in stored order."""
         return list(self.refs[ref_id]["sentences"])
 
-    def image_info(self, ref_id: int) -> Dict[str, Any]:
+    def image_info(self, ref_id: int) -> dict[str, Any]:
         """The COCO image record (``id, file_name, height, width``) of a ref."""
         return self.images[int(self.refs[ref_id]["image_id"])]
 
@@ -329,7 +329,7 @@ class ReferDataset:
         """``image_root / file_name`` of the ref's image (``file_name`` from instances.json)."""
         return Path(image_root) / str(self.image_info(ref_id)["file_name"])
 
-    def annotation(self, ref_id: int) -> Dict[str, Any]:
+    def annotation(self, ref_id: int) -> dict[str, Any]:
         """The COCO annotation the ref points to."""
         return self.anns[int(self.refs[ref_id]["ann_id"])]
 
@@ -356,7 +356,7 @@ class ReferDataset:
         )
 
 
-def load_refer(data_root: PathLike, dataset: str, split_by: Optional[str] = None) -> ReferDataset:
+def load_refer(data_root: PathLike, dataset: str, split_by: str | None = None) -> ReferDataset:
     """Load one REFER dataset.
 
     Args:

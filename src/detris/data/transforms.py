@@ -19,7 +19,7 @@ numbers the official code gets.  The facts reproduced here (checked against the 
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -43,7 +43,7 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 #: Fill value of the letterbox border (before normalisation): the mean colour, so it normalises to ~0.
 BORDER_VALUE: tuple[float, float, float] = tuple(c * 255 for c in CLIP_MEAN)  # type: ignore[assignment]
 
-SizeLike = Union[int, Sequence[int]]
+SizeLike = int | Sequence[int]
 
 
 def _target_hw(size: SizeLike) -> tuple[int, int]:
@@ -52,16 +52,17 @@ def _target_hw(size: SizeLike) -> tuple[int, int]:
         hw = (int(size), int(size))
     else:
         try:
-            hw = tuple(int(s) for s in size)
+            pair = tuple(int(s) for s in size)
         except TypeError as exc:
             raise TypeError(
                 f"size must be an int or a (height, width) pair, got {size!r}"
             ) from exc
-        if len(hw) != 2:
+        if len(pair) != 2:
             raise ValueError(f"size must be an int or a (height, width) pair, got {size!r}")
+        hw = (pair[0], pair[1])
     if hw[0] <= 0 or hw[1] <= 0:
         raise ValueError(f"target size must be positive, got (height, width) = {hw}")
-    return hw  # type: ignore[return-value]
+    return hw
 
 
 def letterbox_matrix(h: int, w: int, size: SizeLike) -> tuple[np.ndarray, np.ndarray]:

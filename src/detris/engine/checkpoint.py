@@ -1,6 +1,6 @@
 """Training checkpoints: written atomically, read without unpickling code, restored exactly.
 
-A checkpoint (``last.pt`` / ``epoch_XXX.pt``) is one ``torch.save`` dict:
+A checkpoint (``checkpoints/last.pt``) is one ``torch.save`` dict:
 ``weights`` (the trainable state dict by default, every weight with ``--save-full``), ``optimizer``,
 ``scheduler``, ``scaler``, ``rng`` (python, numpy, torch, cuda), ``epoch``, ``step_in_epoch``,
 ``global_step``, ``best`` and the run ``config``. A small ``last.json`` beside it says where the run
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from ..modeling import DETRIS
 from ..utils import atomic_write
 from ..weights import load_strict, trainable_state_dict
 
@@ -29,7 +29,7 @@ FORMAT = "detris-train"
 
 def capture_rng() -> dict[str, Any]:
     """Every RNG state training consumes, as tensors and plain containers (loadable with weights_only)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -51,7 +51,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model: nn.Module, full: bool, **state: Any) -> Path:
+def save_checkpoint(path: Path, model: DETRIS, full: bool, **state: Any) -> Path:
     """Write a training checkpoint atomically; ``state`` holds optimizer/scheduler/... entries."""
     weights = model.state_dict() if full else trainable_state_dict(model)
     payload = {
@@ -61,7 +61,7 @@ def save_checkpoint(path: Path, model: nn.Module, full: bool, **state: Any) -> P
         **state,
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    info = {k: state[k] for k in ("epoch", "step_in_epoch", "global_step", "best") if k in state}
+    info: dict[str, Any] = {k: state[k] for k in ("epoch", "step_in_epoch", "global_step", "best") if k in state}
     info["checkpoint"] = path.name
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
     return path
@@ -78,7 +78,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def restore_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
+def restore_weights(model: DETRIS, ckpt: dict[str, Any]) -> None:
     """Load the checkpoint's weights: all of them (full) or exactly the trainable ones."""
     weights = ckpt["weights"]
     if ckpt["full"]:

@@ -12,9 +12,10 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 __all__ = [
     "ConfigError",
@@ -56,8 +57,8 @@ class ModelConfig:
     variant: str = "detris-b"
     # Backbone files: official dinov2_vit{b,l}14_reg4_pretrain.pth / OpenAI ViT-B-16.pt, or "bundled"
     # for the synthetic-scene towers shipped with detris (detris-tiny only).
-    dinov2_weights: Optional[str] = None
-    clip_weights: Optional[str] = None
+    dinov2_weights: str | None = None
+    clip_weights: str | None = None
     overrides: dict = field(default_factory=dict)  # DetrisConfig fields, e.g. {word_len: 22}
     grad_checkpointing: bool = False
     # Train the towers as well (end-to-end pretraining, e.g. of the tiny towers the demo freezes);
@@ -86,11 +87,11 @@ class DataConfig:
     """Where the data is and how it is read."""
 
     dataset: str = "refcoco"
-    data_root: Optional[str] = None  # folder holding refcoco/, refcoco+/, refcocog/
-    image_root: Optional[str] = None  # COCO train2014 images
+    data_root: str | None = None  # folder holding refcoco/, refcoco+/, refcocog/
+    image_root: str | None = None  # COCO train2014 images
     train_split: str = "train"
     val_split: str = "val"  # refcoco+ validates on testB upstream
-    input_size: Optional[int] = None  # default: the variant's image_size (448)
+    input_size: int | None = None  # default: the variant's image_size (448)
     num_workers: int = 0
     skip_bad: bool = False
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
@@ -111,7 +112,7 @@ class TrainConfig:
     warmup_steps: int = 0  # cosine only: linear warm-up over the first N optimizer steps
     weight_decay: float = 0.0
     batch_size: int = 32
-    micro_batch_size: Optional[int] = None  # per process and forward pass; default batch_size / world
+    micro_batch_size: int | None = None  # per process and forward pass; default batch_size / world
     val_batch_size: int = 16
     max_norm: float = 0.0  # gradient clipping; 0 = off (official)
     # Weight of an extra soft Dice loss on the probabilities upsampled to the input size the way
@@ -121,14 +122,13 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     # CPU threads of torch's intra-op pool for this run (null = torch's default, one per core). On a
     # machine shared with other jobs one thread per process avoids OpenMP threads waiting on each other.
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     seed: int = 0
-    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke tests, demos)
-    max_minutes: Optional[float] = None  # stop (and save) after this much wall time
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests, demos)
+    max_minutes: float | None = None  # stop (and save) after this much wall time
     save_every_steps: int = 0  # also checkpoint every N optimizer steps mid-epoch (0 = epoch ends only)
     evaluate: bool = True  # validate after every epoch
-    val_max_items: Optional[int] = None  # validate on the first N items only
-    log_every_steps: int = 10
+    val_max_items: int | None = None  # validate on the first N items only
 
 
 @dataclass
@@ -151,7 +151,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Value checks that types cannot express; raise `ConfigError` naming the key."""
         d, t = self.data, self.train
         m = self.model
@@ -164,7 +164,7 @@ class RunConfig:
             raise ConfigError(f"train.precision: {t.precision!r} is not one of {list(PRECISIONS)}")
         if t.device not in ("auto", "cpu") and not t.device.startswith("cuda"):
             raise ConfigError(f"train.device: {t.device!r}; use auto, cpu, cuda or cuda:N")
-        for key in ("epochs", "batch_size", "val_batch_size", "log_every_steps"):
+        for key in ("epochs", "batch_size", "val_batch_size"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
         if t.micro_batch_size is not None and t.micro_batch_size < 1:
@@ -226,7 +226,7 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _build(cls: type, data: Any, section: str) -> Any:
+def _build(cls: Any, data: Any, section: str) -> Any:
     where = section or "top level"
     if data is None:
         data = {}
@@ -301,7 +301,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a YAML config, apply ``--set`` overrides, validate. Raises `ConfigError` / FileNotFoundError."""
     try:
         import yaml

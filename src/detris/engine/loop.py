@@ -7,11 +7,13 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -20,8 +22,9 @@ from ..bundled import tiny_tower_paths
 from ..data.datasets import MixedReferDataset, ReferSegDataset, collate
 from ..data.refer import load_refer
 from ..evaluate import METRIC_KEYS, evaluate
-from ..variants import get_variant
+from ..modeling import DETRIS
 from ..utils import check_output_dir
+from ..variants import get_variant
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, restore_weights, save_checkpoint
 from .config import BUNDLED, RunConfig, config_to_dict
 from .distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, cleanup_distributed, init_distributed
@@ -62,10 +65,11 @@ def _synthetic_root(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Path:
     return root
 
 
-def build_datasets(cfg: RunConfig, run_dir: Path, info: DistInfo, input_size: int, word_len: int):
+def build_datasets(cfg: RunConfig, run_dir: Path, info: DistInfo, input_size: int, word_len: int) -> tuple[Any, Any]:
     """(train, val) datasets of the config; missing files raise FileNotFoundError naming them."""
     d = cfg.data
-    common = dict(input_size=input_size, word_len=word_len, seed=cfg.train.seed, skip_bad=d.skip_bad)
+    common: dict[str, Any] = dict(input_size=input_size, word_len=word_len, seed=cfg.train.seed,
+                                  skip_bad=d.skip_bad)
     if d.dataset == "synthetic":
         root = _synthetic_root(cfg, run_dir, info)
         refer = load_refer(root, "refcoco")
@@ -73,18 +77,18 @@ def build_datasets(cfg: RunConfig, run_dir: Path, info: DistInfo, input_size: in
         train = ReferSegDataset(refer, d.train_split, "train", image_root, **common)
         val = ReferSegDataset(refer, d.val_split, "val", image_root, **common)
         return train, val
-    if not Path(d.data_root).is_dir():
+    # RunConfig.validate guarantees both roots for every dataset but the synthetic one.
+    data_root, image_root = Path(str(d.data_root)), Path(str(d.image_root))
+    if not data_root.is_dir():
         raise FileNotFoundError(f"data.data_root {d.data_root} does not exist")
-    if not Path(d.image_root).is_dir():
+    if not image_root.is_dir():
         raise FileNotFoundError(f"data.image_root {d.image_root} does not exist (the COCO train2014 images)")
     if d.dataset == "mixed":
-        train = MixedReferDataset(d.data_root, d.train_split, "train", d.image_root, **common)
-        val = MixedReferDataset(d.data_root, d.val_split, "val", d.image_root, **common)
-        return train, val
-    refer = load_refer(d.data_root, d.dataset)
-    train = ReferSegDataset(refer, d.train_split, "train", d.image_root, **common)
-    val = ReferSegDataset(refer, d.val_split, "val", d.image_root, **common)
-    return train, val
+        return (MixedReferDataset(data_root, d.train_split, "train", image_root, **common),
+                MixedReferDataset(data_root, d.val_split, "val", image_root, **common))
+    refer = load_refer(data_root, d.dataset)
+    return (ReferSegDataset(refer, d.train_split, "train", image_root, **common),
+            ReferSegDataset(refer, d.val_split, "val", image_root, **common))
 
 
 def _backbone_files(cfg: RunConfig) -> dict[str, str | None]:
@@ -114,7 +118,7 @@ def _autocast(precision: str, device: torch.device):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _param_groups(model: nn.Module) -> list[dict[str, Any]]:
+def _param_groups(model: DETRIS) -> list[dict[str, Any]]:
     """One Adam group per trainable module (adapters, neck, decoder, head), as the official code; the
     towers' own weights, when they train too (``model.train_backbones``), form one last group."""
     seen: set[int] = set()
@@ -164,28 +168,73 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)  # the caller's setting, for whatever runs next in this process
 
 
-def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """Everything a training run holds between its steps (built by `_setup`)."""
+
+    cfg: RunConfig
+    info: DistInfo
+    run_dir: Path
+    model: DETRIS  # the model itself: what is saved and validated
+    ddp: nn.Module  # what the forward pass runs: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # MultiStepLR (per epoch) or ProgressSchedule (per step)
+    scaler: torch.amp.GradScaler
+    sampler: GlobalBatchSampler
+    loader: DataLoader
+    loader_gen: torch.Generator
+    train_ds: Any
+    val_ds: Any
+    accum: int
+    micro: int
+    logger: MetricsLogger | None  # on the main process only
+    start_epoch: int = 0
+    start_step: int = 0
+    global_step: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"mIoU": -1.0, "epoch": None})
+    last_val: dict[str, float] = field(default_factory=dict)
+    stop_reason: str = "finished"
+    t0: float = 0.0
+    pbar: Any = None
+
+    @property
+    def per_step(self) -> bool:
+        return self.cfg.train.lr_schedule != "multistep"
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+
+def _build_model(cfg: RunConfig, info: DistInfo, mcfg: Any) -> DETRIS:
+    model = build_model(mcfg, **{f"{k}_weights": v for k, v in _backbone_files(cfg).items()})
+    if cfg.model.train_backbones:
+        model.requires_grad_(True)
+    if cfg.model.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if info.distributed and cfg.model.sync_bn and info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(info.device)
+
+
+def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
+    """Data, model, optimizer and schedule of a run, restored from a checkpoint when resuming."""
     t = cfg.train
     run_dir = Path(cfg.output.dir)
-    ckpt_dir = run_dir / "checkpoints"
     if info.is_main:
         check_output_dir(run_dir, "output.dir")
     if t.precision == "fp16" and info.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a GPU (GradScaler); use bf16 on CPU")
     ckpt = None
     if resume:
-        path = ckpt_dir / "last.pt" if resume == "auto" else Path(resume)
-        ckpt = load_checkpoint(path)  # fails before any work when absent
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume))
 
     # Same seed on every rank: every process builds the same (random-init) backbones and heads.
     mcfg = get_variant(cfg.model.variant, **cfg.model.overrides)  # sizes, without building anything
-    backbones = _backbone_files(cfg)
-    input_size = cfg.data.input_size or mcfg.image_size
-    train_ds, val_ds = build_datasets(cfg, run_dir, info, input_size, mcfg.word_len)
+    _backbone_files(cfg)  # missing files fail before the data is written
+    train_ds, val_ds = build_datasets(cfg, run_dir, info, cfg.data.input_size or mcfg.image_size, mcfg.word_len)
     _seed_everything(t.seed)
-    model = build_model(mcfg, backbones["dinov2"], backbones["clip"])
-    if cfg.model.train_backbones:
-        model.requires_grad_(True)
+    model = _build_model(cfg, info, mcfg)
 
     micro = t.micro_batch_size or max(t.batch_size // info.world_size, 1)
     if t.batch_size % (info.world_size * micro):
@@ -199,180 +248,202 @@ def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]
     loader = DataLoader(
         train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers, generator=loader_gen
     )
-
-    if cfg.model.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if info.distributed and cfg.model.sync_bn and info.device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(info.device)
-    core = model
     # The fused kernel updates every tensor in one pass (the same Adam arithmetic); the per-tensor loop
-    # of the default costs ~6x more, which shows on small models (7 ms of a 190 ms detris-tiny step).
-    optimizer = torch.optim.Adam(_param_groups(core), lr=t.lr, weight_decay=t.weight_decay,
+    # of the default costs several times more, which shows on small models.
+    optimizer = torch.optim.Adam(_param_groups(model), lr=t.lr, weight_decay=t.weight_decay,
                                  fused=info.device.type in ("cpu", "cuda"))
     total_steps = t.epochs * sampler.steps_per_epoch
     total_steps = min(total_steps, t.max_steps) if t.max_steps is not None else total_steps
-    per_step = t.lr_schedule != "multistep"
-    if per_step:
-        scheduler = ProgressSchedule(optimizer, total_steps, t.max_minutes, t.warmup_steps)
+    if t.lr_schedule != "multistep":
+        scheduler: Any = ProgressSchedule(optimizer, total_steps, t.max_minutes, t.warmup_steps)
     else:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.lr_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
-
-    start_epoch, start_step, global_step = 0, 0, 0
-    best: dict[str, Any] = {"mIoU": -1.0, "epoch": None}
+    run = _Run(cfg, info, run_dir, model, model, optimizer, scheduler, scaler, sampler, loader, loader_gen,
+               train_ds, val_ds, accum, micro, logger=None)
     if ckpt is not None:
-        restore_weights(core, ckpt)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_step, global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        best = dict(ckpt["best"])
-        restore_rng(ckpt["rng"])
-
-    ddp = model
+        _restore(run, ckpt)
     if info.distributed:
-        ddp = nn.parallel.DistributedDataParallel(
+        run.ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
-
-    logger = MetricsLogger(run_dir, cfg.output.tensorboard) if info.is_main else None
     if info.is_main:
-        import yaml
-
+        run.logger = MetricsLogger(run_dir, cfg.output.tensorboard)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    last_path = ckpt_dir / "last.pt"
-    full = cfg.output.save_full
+    return run
 
-    def save(epoch: int, step_in_epoch: int) -> None:
-        if info.is_main:
-            save_checkpoint(
-                last_path, core, full,
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                rng=capture_rng(), epoch=epoch, step_in_epoch=step_in_epoch, global_step=global_step,
-                best=best, config=config_to_dict(cfg),
-            )
 
-    def run_validation(epoch: int) -> dict[str, float]:
-        nonlocal best
-        summary = validate(core, val_ds, info, t.val_batch_size, t.precision, t.val_max_items, cfg.data.num_workers)
-        if info.is_main:
-            logger.log({"kind": "val", "epoch": epoch, "global_step": global_step,
-                        "minutes": round((time.monotonic() - t0) / 60, 4), **summary})
-            if summary["mIoU"] > best["mIoU"]:
-                best = {"mIoU": summary["mIoU"], "epoch": epoch, "global_step": global_step}
-                adapter_only = not full and getattr(core, "base_weights", None) is not None
-                # Random-init backbones (no weight files) cannot be re-created from a file, so the
-                # exported model then holds every weight.
-                core.save_pretrained(run_dir / "best", adapter_only=adapter_only)
-        return summary
+def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
+    restore_weights(run.model, ckpt)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.start_epoch, run.start_step, run.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+    run.best = dict(ckpt["best"])
+    restore_rng(ckpt["rng"])
 
-    t0 = time.monotonic()
-    stop_reason = "finished"
-    last_val: dict[str, float] = {}
-    pbar = None
+
+def _save(run: _Run, epoch: int, step_in_epoch: int) -> None:
+    if not run.info.is_main:
+        return
+    save_checkpoint(
+        run.last_path, run.model, run.cfg.output.save_full,
+        optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
+        rng=capture_rng(), epoch=epoch, step_in_epoch=step_in_epoch, global_step=run.global_step,
+        best=run.best, config=config_to_dict(run.cfg),
+    )
+
+
+def _run_validation(run: _Run, epoch: int) -> None:
+    t = run.cfg.train
+    summary = validate(run.model, run.val_ds, run.info, t.val_batch_size, t.precision, t.val_max_items,
+                       run.cfg.data.num_workers)
+    run.last_val = summary
+    if not run.info.is_main:
+        return
+    assert run.logger is not None
+    run.logger.log({"kind": "val", "epoch": epoch, "global_step": run.global_step,
+                    "minutes": round((time.monotonic() - run.t0) / 60, 4), **summary})
+    if summary["mIoU"] > run.best["mIoU"]:
+        run.best = {"mIoU": summary["mIoU"], "epoch": epoch, "global_step": run.global_step}
+        adapter_only = not run.cfg.output.save_full and getattr(run.model, "base_weights", None) is not None
+        # Random-init backbones (no weight files) cannot be re-created from a file, so the exported model
+        # then holds every weight.
+        run.model.save_pretrained(run.run_dir / "best", adapter_only=adapter_only)
+
+
+def _micro_step(run: _Run, batch: dict[str, Any], last_micro: bool) -> torch.Tensor:
+    """Forward and backward of one micro-batch; returns its (detached) loss."""
+    t, dev = run.cfg.train, run.info.device
+    images = batch["image"].to(dev, non_blocking=True)
+    tokens = batch["tokens"].to(dev, non_blocking=True)
+    mask = batch["mask"].to(dev, non_blocking=True)
+    # Only the last micro-batch of a step all-reduces gradients.
+    sync: Any = run.ddp.no_sync() if run.info.distributed and not last_micro else contextlib.nullcontext()  # type: ignore[operator]
+    with sync:
+        with _autocast(t.precision, dev):
+            logits, loss = run.ddp(images, tokens, mask)
+        if t.dice_weight > 0:
+            loss = loss.float() + t.dice_weight * upsampled_dice_loss(logits, mask)
+        run.scaler.scale(loss.float() / run.accum).backward()
+    return loss.detach().float()
+
+
+def _optimizer_step(run: _Run, loss_sum: torch.Tensor, epoch: int) -> float:
+    """Reduce the step's loss and clock over ranks, check it, step; returns the elapsed minutes."""
+    t = run.cfg.train
+    # The elapsed time travels with the loss through one reduction, so that every process sees the
+    # same clock: the time budget and a time-based schedule then agree across ranks.
+    clock = torch.tensor((time.monotonic() - run.t0) / 60, device=run.info.device)
+    step_loss, minutes = all_reduce_mean(torch.stack([loss_sum / run.accum, clock]), run.info).tolist()
+    if not math.isfinite(step_loss):
+        good = run.last_path if run.last_path.is_file() else None
+        raise TrainingDiverged(
+            f"non-finite loss ({step_loss}) at optimizer step {run.global_step + 1} (epoch {epoch}); "
+            f"the step was not taken. Last good checkpoint: {good or 'none yet'}"
+        )
+    if t.max_norm > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], t.max_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.global_step += 1
+    lr_used = run.optimizer.param_groups[0]["lr"]
+    if run.per_step:
+        run.scheduler.update(run.global_step, minutes)
+    if run.logger is not None:
+        run.logger.log({"kind": "train", "epoch": epoch, "global_step": run.global_step, "loss": step_loss,
+                        "lr": lr_used, "minutes": round(minutes, 4)})
+        if run.pbar is not None:
+            run.pbar.update(1)
+            run.pbar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}")
+    return minutes
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[bool, int]:
+    """One epoch (or what is left of it when resuming); returns (stopped early, steps done in it)."""
+    t = run.cfg.train
+    run.train_ds.set_epoch(epoch)
+    run.sampler.set_epoch(epoch, run.start_step if epoch == run.start_epoch else 0)
+    run.loader_gen.manual_seed(t.seed + epoch)
+    step_in_epoch = run.sampler.start_step
+    micro_idx, loss_sum = 0, torch.zeros((), device=run.info.device)
+    for batch in run.loader:
+        if batch is None:
+            continue
+        micro_idx += 1
+        loss_sum += _micro_step(run, batch, micro_idx == run.accum)
+        if micro_idx < run.accum:
+            continue
+        minutes = _optimizer_step(run, loss_sum, epoch)
+        micro_idx, loss_sum = 0, torch.zeros((), device=run.info.device)
+        step_in_epoch += 1
+        out_of_time = t.max_minutes is not None and minutes >= t.max_minutes
+        if (t.max_steps is not None and run.global_step >= t.max_steps) or out_of_time:
+            run.stop_reason = "max_steps" if not out_of_time else "max_minutes"
+            return True, step_in_epoch
+        if t.save_every_steps and run.global_step % t.save_every_steps == 0 \
+                and step_in_epoch < run.sampler.steps_per_epoch:
+            _save(run, epoch, step_in_epoch)
+    return False, step_in_epoch
+
+
+def _epochs(run: _Run) -> None:
+    t = run.cfg.train
+    for epoch in range(run.start_epoch, t.epochs):
+        stopped, step_in_epoch = _train_epoch(run, epoch)
+        epoch_done = step_in_epoch >= run.sampler.steps_per_epoch
+        if stopped and not epoch_done:
+            if t.evaluate:
+                _run_validation(run, epoch)
+            _save(run, epoch, step_in_epoch)
+            return
+        if not run.per_step:
+            run.scheduler.step()
+        if t.evaluate:
+            _run_validation(run, epoch)
+        _save(run, epoch + 1, 0)
+        if stopped:
+            return
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    if run.pbar is not None:
+        run.pbar.close()
+    summary = {
+        "stop_reason": run.stop_reason,
+        "global_step": run.global_step,
+        "train_minutes": (time.monotonic() - run.t0) / 60,
+        "last_val": run.last_val,
+        "best": run.best,
+        "world_size": run.info.world_size,
+        "global_batch": run.sampler.global_batch,
+        "micro_batch": run.micro,
+        "accumulation": run.accum,
+        "run_dir": str(run.run_dir),
+    }
+    if run.logger is not None:
+        run.logger.close()
+        if run.cfg.output.plot:
+            png = plot_curves(run.run_dir / "metrics.jsonl", run.run_dir / "curves.png")
+            summary["curves"] = str(png) if png else None
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]:
+    run = _setup(cfg, resume, info)
+    run.t0 = time.monotonic()
     if info.is_main and cfg.output.progress:
         from tqdm import tqdm
 
         # A wall-time budget usually ends the run long before the epochs do: no step total (and no
         # misleading time estimate) then, only the step count and rate.
-        pbar = tqdm(total=None if t.max_minutes is not None else total_steps, initial=global_step, unit="step",
-                    dynamic_ncols=True)
-    model.train()
-    for epoch in range(start_epoch, t.epochs):
-        train_ds.set_epoch(epoch)
-        sampler.set_epoch(epoch, start_step if epoch == start_epoch else 0)
-        loader_gen.manual_seed(t.seed + epoch)
-        step_in_epoch = sampler.start_step
-        micro_idx, loss_sum = 0, torch.zeros((), device=info.device)
-        stopped = False
-        for batch in loader:
-            if batch is None:
-                continue
-            images = batch["image"].to(info.device, non_blocking=True)
-            tokens = batch["tokens"].to(info.device, non_blocking=True)
-            mask = batch["mask"].to(info.device, non_blocking=True)
-            micro_idx += 1
-            last_micro = micro_idx == accum
-            # Only the last micro-batch of a step all-reduces gradients.
-            sync = ddp.no_sync() if info.distributed and not last_micro else contextlib.nullcontext()
-            with sync:
-                with _autocast(t.precision, info.device):
-                    logits, loss = ddp(images, tokens, mask)
-                if t.dice_weight > 0:
-                    loss = loss.float() + t.dice_weight * upsampled_dice_loss(logits, mask)
-                scaler.scale(loss.float() / accum).backward()
-            loss_sum += loss.detach().float()
-            if not last_micro:
-                continue
-            # The elapsed time travels with the loss through one reduction, so that every process
-            # sees the same clock: the time budget and a time-based schedule then agree across ranks.
-            clock = torch.tensor((time.monotonic() - t0) / 60, device=info.device)
-            step_loss, minutes = all_reduce_mean(torch.stack([loss_sum / accum, clock]), info).tolist()
-            micro_idx, loss_sum = 0, torch.zeros((), device=info.device)
-            if not math.isfinite(step_loss):
-                good = last_path if last_path.is_file() else None
-                raise TrainingDiverged(
-                    f"non-finite loss ({step_loss}) at optimizer step {global_step + 1} (epoch {epoch}); "
-                    f"the step was not taken. Last good checkpoint: {good or 'none yet'}"
-                )
-            if t.max_norm > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], t.max_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            step_in_epoch += 1
-            lr_used = optimizer.param_groups[0]["lr"]
-            if per_step:
-                scheduler.update(global_step, minutes)
-            if info.is_main:
-                logger.log({"kind": "train", "epoch": epoch, "global_step": global_step, "loss": step_loss,
-                            "lr": lr_used, "minutes": round(minutes, 4)})
-                if pbar is not None:
-                    pbar.update(1)
-                    pbar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}")
-            out_of_time = t.max_minutes is not None and minutes >= t.max_minutes
-            if (t.max_steps is not None and global_step >= t.max_steps) or out_of_time:
-                stop_reason = "max_steps" if not out_of_time else "max_minutes"
-                stopped = True
-                break
-            if t.save_every_steps and global_step % t.save_every_steps == 0 and step_in_epoch < sampler.steps_per_epoch:
-                save(epoch, step_in_epoch)
-        if stopped:
-            if t.evaluate:
-                last_val = run_validation(epoch)
-            save(epoch, step_in_epoch) if step_in_epoch < sampler.steps_per_epoch else None
-            if step_in_epoch >= sampler.steps_per_epoch:
-                if not per_step:
-                    scheduler.step()
-                save(epoch + 1, 0)
-            break
-        if not per_step:
-            scheduler.step()
-        if t.evaluate:
-            last_val = run_validation(epoch)
-        save(epoch + 1, 0)
-    if pbar is not None:
-        pbar.close()
-
-    summary = {
-        "stop_reason": stop_reason,
-        "global_step": global_step,
-        "train_minutes": (time.monotonic() - t0) / 60,
-        "last_val": last_val,
-        "best": best,
-        "world_size": info.world_size,
-        "global_batch": sampler.global_batch,
-        "micro_batch": micro,
-        "accumulation": accum,
-        "run_dir": str(run_dir),
-    }
-    if info.is_main:
-        logger.close()
-        if cfg.output.plot:
-            png = plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-            summary["curves"] = str(png) if png else None
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+        total = cfg.train.epochs * run.sampler.steps_per_epoch
+        total = min(total, cfg.train.max_steps) if cfg.train.max_steps is not None else total
+        run.pbar = tqdm(total=None if cfg.train.max_minutes is not None else total, initial=run.global_step,
+                        unit="step", dynamic_ncols=True)
+    run.model.train()
+    _epochs(run)
+    return _finish(run)

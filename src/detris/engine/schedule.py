@@ -11,7 +11,7 @@ machine's speed.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -36,8 +36,8 @@ class ProgressSchedule:
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        total_steps: Optional[int],
-        max_minutes: Optional[float],
+        total_steps: int | None,
+        max_minutes: float | None,
         warmup_steps: int = 0,
         final_ratio: float = 0.0,
     ) -> None:

@@ -7,7 +7,6 @@ without the image tower, so ``ViT-B-16.pt`` loads directly.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -167,7 +168,7 @@ def fold_batchnorm(
     return folded_weight, (shift * scale + bn.bias).to(weight.dtype)
 
 
-def conv_bn_relu_forward(x: Tensor, conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm, fold: bool) -> Tensor:
+def conv_bn_relu_forward(x: Tensor, conv: Any, bn: Any, fold: bool) -> Tensor:
     """``relu(bn(conv(x)))`` for a Conv1d / Conv2d / ConvTranspose2d followed by a BatchNorm.
 
     In eval mode with ``fold`` the BatchNorm is folded into the convolution's weight and bias

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,6 +13,10 @@ from .decoder import Decoder
 from .dinov2 import DinoVisionTransformer
 from .head import Projector
 from .neck import Neck
+
+if TYPE_CHECKING:
+    from ..processing import ProcessingConfig
+    from ..variants import DetrisConfig
 
 
 class DETRIS(nn.Module):
@@ -27,6 +33,13 @@ class DETRIS(nn.Module):
             (the third is the final normalised output).
         word_len: the token length the model works with (the official causal mask is word_len x word_len).
     """
+
+    #: The sizes this model was built from (set by ``build_model``).
+    config: DetrisConfig
+    #: The preprocessing contract stored with the weights (set by ``from_pretrained``; None: the official one).
+    processing: ProcessingConfig | None
+    #: The backbone files the towers were loaded from (set by ``build_model``; needed by adapter-only saves).
+    base_weights: dict[str, str] | None
 
     def __init__(
         self,
@@ -46,8 +59,8 @@ class DETRIS(nn.Module):
         self.proj = proj
         self.feature_layers = tuple(feature_layers)
         self.word_len = word_len
-        self.config = None  # set by build_model: the DetrisConfig this model was built from
-        self.processing = None  # set by from_pretrained: the preprocessing contract stored with the weights
+        self.processing = None
+        self.base_weights = None
 
     # ------------------------------------------------------------------ freezing
     def backbone_modules(self) -> list[nn.Module]:
@@ -55,15 +68,15 @@ class DETRIS(nn.Module):
 
     def adapter_modules(self) -> list[nn.Module]:
         """Every Dense Aligner and Text Adapter, in block order (vision first)."""
-        mods = [b.adapter for b in self.dinov2.blocks if b.adapter is not None]
-        mods += [b.adapter for b in self.txt_backbone.transformer.resblocks if b.adapter is not None]
+        blocks = [*self.dinov2.blocks, *self.txt_backbone.transformer.resblocks]
+        mods: list[nn.Module] = [b.adapter for b in blocks if isinstance(b.adapter, nn.Module)]
         return mods
 
     def trainable_modules(self) -> list[nn.Module]:
         """The modules DETRIS trains: adapters, neck, decoder and head."""
         return self.adapter_modules() + [self.neck, self.decoder, self.proj]
 
-    def freeze_backbones(self) -> "DETRIS":
+    def freeze_backbones(self) -> DETRIS:
         """Freeze both towers except their adapters; everything else trains (the official split)."""
         for module in self.backbone_modules():
             module.requires_grad_(False)
@@ -71,7 +84,7 @@ class DETRIS(nn.Module):
             module.requires_grad_(True)
         return self
 
-    def set_grad_checkpointing(self, enabled: bool = True, scope: str = "block") -> "DETRIS":
+    def set_grad_checkpointing(self, enabled: bool = True, scope: str = "block") -> DETRIS:
         """Recompute backbone activations in backward instead of storing them (training memory).
 
         Args:
@@ -88,14 +101,14 @@ class DETRIS(nn.Module):
         self.txt_backbone.grad_checkpointing = enabled and scope == "block"
         return self
 
-    def set_fast_paths(self, enabled: bool = True) -> "DETRIS":
+    def set_fast_paths(self, enabled: bool = True) -> DETRIS:
         """Switch the optional fast paths (all on by default; none changes the results beyond float
         rounding): BatchNorm folded into the preceding convolution in eval mode; in training, the
         attention core (when attention dropout is active) and the head's upsampled maps recomputed in
         backward instead of stored. Off runs every module as written, e.g. to check the fast paths."""
         for module in self.modules():
             if hasattr(type(module), "fast_path"):
-                module.fast_path = enabled
+                setattr(module, "fast_path", enabled)  # noqa: B010 - the attribute is declared on the class
         return self
 
     # ------------------------------------------------------------------ saving

@@ -48,8 +48,9 @@ def dynamic_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     ``out[i] = conv2d(x[i:i+1], weight[i:i+1], bias[i:i+1], padding=k // 2)``, computed as one batched
     matmul of the k*k kernel taps with the channels, ``z[i, t] = sum_c weight[i, c, t] * x[i, c]``,
     followed by the sum of the k*k shifted tap maps. Same FLOPs as the grouped convolution the
-    official model uses, but 5x faster forward and 10x faster forward + backward on CPU (oneDNN has
-    no fast kernel for a grouped convolution with one output channel per group).
+    official model uses, but several times faster on CPU (oneDNN has no fast kernel for a grouped
+    convolution with one output channel per group; docs/benchmarks.md has the measurements), and the
+    graph does not depend on the batch size (exports take any batch).
 
     Args:
         x: (N, C, H, W).
@@ -100,9 +101,9 @@ class Projector(nn.Module):
     def forward(self, x: Tensor, sentence: Tensor) -> Tensor:
         """x (N, 2*in_dim, H, W), sentence (N, text_dim) -> logits (N, 1, 4H, 4W)."""
         if self.fast_path:
-            # Memory layout of the two large 3x3 convolutions (oneDNN on CPU, measured at DETRIS-B
-            # sizes): channels-last runs their forward 1.1x faster, but their weight gradient 1.6-2x
-            # slower; so channels-last for inference and the standard layout when training.
+            # Memory layout of the two large 3x3 convolutions (oneDNN on CPU): channels-last runs their
+            # forward faster but their weight gradient slower (docs/benchmarks.md); so channels-last
+            # for inference and the standard layout when training.
             if torch.is_grad_enabled() and self.training:
                 x = x.contiguous()
             else:

@@ -13,15 +13,16 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .. import bundled
 from ..processing import ProcessingConfig
 from ..utils import atomic_write
 from ..variants import DetrisConfig
 from .io import CheckpointError, PathLike, StateDict, describe_keys, load_strict
+
+if TYPE_CHECKING:
+    from ..modeling import DETRIS
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "ModelFiles", "trainable_state_dict",
            "save_pretrained", "push_to_hub", "read_model_dir", "load_trained_weights"]
@@ -31,7 +32,7 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 
-def trainable_state_dict(model: nn.Module) -> StateDict:
+def trainable_state_dict(model: DETRIS) -> StateDict:
     """What training changes: every trainable parameter plus the running statistics (BatchNorm buffers)
     of the trainable modules. An adapter-only checkpoint stores exactly this."""
     names: set[str] = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -53,7 +54,7 @@ def _base_name(path: PathLike) -> str:
 
 
 def save_pretrained(
-    model: nn.Module,
+    model: DETRIS,
     directory: PathLike,
     adapter_only: bool = False,
     base_weights: Mapping[str, str] | None = None,
@@ -96,7 +97,7 @@ def save_pretrained(
     return directory
 
 
-def push_to_hub(model: nn.Module, repo_id: str, adapter_only: bool = False, private: bool = False,
+def push_to_hub(model: DETRIS, repo_id: str, adapter_only: bool = False, private: bool = False,
                 **kwargs: Any) -> str:
     """Save to a temporary directory and upload it to the Hugging Face Hub (needs ``huggingface_hub``)."""
     try:
@@ -151,7 +152,7 @@ def read_model_dir(directory: PathLike) -> ModelFiles:
     return ModelFiles(directory, cfg, processing, adapter_only, dict(base))
 
 
-def load_trained_weights(model: nn.Module, files: ModelFiles) -> None:
+def load_trained_weights(model: DETRIS, files: ModelFiles) -> None:
     """Strictly load ``model.safetensors`` into a model built from ``files.config`` (with the base
     backbone files already loaded when the model is adapter-only)."""
     from .io import load_state_file

@@ -82,5 +82,6 @@ def variant_hint(sd: Mapping[str, Tensor], cfg: DetrisConfig) -> str:
 def load_detris_state(model: nn.Module, sd: Mapping[str, Tensor], what: str, skip_missing: Iterable[str] = ()) -> None:
     """Strictly load a full DETRIS state dict; only ``DETRIS_SKIPPED_PREFIXES`` keys may be dropped."""
     sd = {k: v for k, v in sd.items() if not k.startswith(DETRIS_SKIPPED_PREFIXES)}
-    hint = variant_hint(sd, model.config) if getattr(model, "config", None) is not None else ""
+    config = getattr(model, "config", None)
+    hint = variant_hint(sd, config) if isinstance(config, DetrisConfig) else ""
     load_strict(model, sd, what=what, skip_missing=skip_missing, hint=hint)

@@ -1,0 +1,131 @@
+"""The layering of docs/architecture.md, read off the source: core <- services <- applications.
+
+Every ``import`` in ``src/detris`` counts, at module level or inside a function (only the annotation-only
+``if TYPE_CHECKING:`` blocks are skipped): no module may import one of a higher layer, and the import
+graph among detris modules has no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+APPLICATIONS = ("detris.cli", "detris.app", "detris.demo", "detris.engine", "detris.__main__")
+SERVICES = ("detris.pretrained", "detris.predictor", "detris.evaluate", "detris.export")
+FACADE = "detris"  # the package root re-exports the public API of every layer
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.append(child)
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _targets(module: str, is_package: bool, node: ast.Import | ast.ImportFrom, known: set[str]) -> set[str]:
+    """The detris modules one import statement loads (``from pkg import submodule`` included)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names if a.name in known}
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if node.level:
+        base = base[: len(base) - (node.level - 1)]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    submodules = {f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known}
+    names_only = len(submodules) < len(node.names)  # some imported name is not a submodule
+    return submodules | ({target} if target in known and names_only else set())
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in (SRC / "detris").rglob("*.py")}
+    known = set(files)
+    graph = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        is_package = path.name == "__init__.py"
+        graph[name] = set().union(*(_targets(name, is_package, n, known) for n in _runtime_imports(tree))) - {name}
+    return graph
+
+
+def _layer(module: str) -> int:
+    if module == FACADE:
+        return 3
+    if module in APPLICATIONS or module.startswith(tuple(a + "." for a in APPLICATIONS)):
+        return 2
+    if module in SERVICES:
+        return 1
+    return 0
+
+
+GRAPH = _graph()
+
+
+def test_the_graph_was_read():
+    assert {"detris.modeling.detris", "detris.weights.detris_format", "detris.cli", "detris.inference"} <= set(GRAPH)
+    assert "detris.weights.io" in GRAPH["detris.weights.dinov2"]  # relative imports resolved
+    assert "detris.predictor" in GRAPH["detris.cli.predict"]
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_no_module_imports_a_higher_layer(module):
+    names = {0: "core", 1: "service", 2: "application", 3: "facade"}
+    upward = sorted(t for t in GRAPH[module] if _layer(t) > _layer(module))
+    assert not upward, f"{module} ({names[_layer(module)]}) imports {upward}"
+
+
+def test_no_import_cycle():
+    """Tarjan's strongly connected components: any component of two or more modules is a cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            connect(v)
+    assert not cycles, f"import cycles: {cycles}"

@@ -1,0 +1,109 @@
+"""What the three-layer redesign promises beyond the import rules: the preprocessing contract stored
+with the weights (and older files without it), files written with the user's umask, one inference path."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import detris
+from detris.data.transforms import CLIP_MEAN, CLIP_STD, letterbox_image, normalize_image
+from detris.inference import prepare_image, segment
+from detris.postprocess import binarize, logits_to_probability
+from detris.processing import ProcessingConfig
+from detris.utils import atomic_write
+from model_fixtures import random_tiny_model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    return random_tiny_model().save_pretrained(tmp_path_factory.mktemp("model"))
+
+
+def test_config_json_holds_the_preprocessing_contract(saved):
+    meta = json.loads((saved / "config.json").read_text())
+    assert meta["processing"] == {
+        "input_size": 112, "word_len": 17, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+        "resize": "letterbox", "threshold": 0.35,
+    }
+    model = detris.from_pretrained(saved)
+    assert model.processing == ProcessingConfig(input_size=112, word_len=17)
+
+
+def test_a_stored_threshold_is_what_predictor_and_export_use(saved, tmp_path):
+    from detris.export import export_metadata
+
+    meta = json.loads((saved / "config.json").read_text())
+    meta["processing"]["threshold"] = 0.5
+    changed = tmp_path / "model"
+    changed.mkdir()
+    (changed / "config.json").write_text(json.dumps(meta))
+    os.symlink(saved / "model.safetensors", changed / "model.safetensors")
+    model = detris.from_pretrained(changed)
+    predictor = detris.Predictor(model)
+    assert predictor.processing.threshold == 0.5
+    rgb = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    (p,) = predictor.predict(rgb, ["the red circle"])
+    assert np.array_equal(p.mask, p.probability > 0.5)
+    assert export_metadata(model.config, None, model.processing)["threshold"] == "0.5"
+
+
+def test_older_config_json_without_the_contract_loads(saved, tmp_path):
+    meta = json.loads((saved / "config.json").read_text())
+    del meta["processing"]
+    meta["config"]["neck_heads"] = 4  # a field older files carry, which never changed the model
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps(meta))
+    os.symlink(saved / "model.safetensors", old / "model.safetensors")
+    model = detris.from_pretrained(old)
+    assert model.processing == ProcessingConfig.for_model(model.config)
+
+
+def test_a_contract_disagreeing_with_the_model_is_refused(saved, tmp_path):
+    meta = json.loads((saved / "config.json").read_text())
+    meta["processing"]["input_size"] = 224
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps(meta))
+    os.symlink(saved / "model.safetensors", bad / "model.safetensors")
+    with pytest.raises(ValueError, match=r"config\.json.*input_size"):
+        detris.from_pretrained(bad)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_files_are_written_with_the_users_umask(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        path = atomic_write(tmp_path / "f.txt", lambda p: Path(p).write_text("x"))
+        random_tiny_model().save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~mask
+    for f in (path, tmp_path / "model" / "config.json", tmp_path / "model" / "model.safetensors"):
+        assert stat.S_IMODE(f.stat().st_mode) == expected, (f, oct(f.stat().st_mode))
+
+
+def test_segment_equals_the_protocol_written_out():
+    """The one inference path against its steps written out by hand (letterbox, forward, sigmoid,
+    bicubic, inverse letterbox, strict threshold)."""
+    model = random_tiny_model()
+    rgb = np.random.default_rng(1).integers(0, 255, (70, 150, 3), dtype=np.uint8)
+    tokens = detris.tokenize(["the small red square", "the star"], context_length=17)
+    pixels, inverse = prepare_image(rgb, 112)
+    warped, _mat, inv = letterbox_image(rgb, 112)
+    assert torch.equal(pixels, normalize_image(warped)) and np.array_equal(inverse, inv)
+    images = pixels.unsqueeze(0).expand(2, -1, -1, -1)
+    probs, masks = segment(model, images, tokens, [inverse] * 2, [(70, 150)] * 2)
+    with torch.no_grad():
+        logits = model.eval()(images, tokens)
+    for i in range(2):
+        ref = logits_to_probability(logits[i : i + 1], (112, 112), [inv], [(70, 150)])[0]
+        assert np.array_equal(probs[i], ref)
+        assert np.array_equal(masks[i], binarize(ref, 0.35)) and masks[i].shape == (70, 150)
