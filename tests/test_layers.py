@@ -36,15 +36,20 @@ def test_config_json_holds_the_preprocessing_contract(saved):
     assert model.processing == ProcessingConfig(input_size=112, word_len=17)
 
 
+def _with_config(saved: Path, directory: Path, change) -> Path:
+    """A model directory holding ``saved``'s weights and its config.json after ``change(meta)``."""
+    meta = json.loads((saved / "config.json").read_text())
+    change(meta)
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(meta))
+    os.symlink(saved / "model.safetensors", directory / "model.safetensors")
+    return directory
+
+
 def test_a_stored_threshold_is_what_predictor_and_export_use(saved, tmp_path):
     from detris.export import export_metadata
 
-    meta = json.loads((saved / "config.json").read_text())
-    meta["processing"]["threshold"] = 0.5
-    changed = tmp_path / "model"
-    changed.mkdir()
-    (changed / "config.json").write_text(json.dumps(meta))
-    os.symlink(saved / "model.safetensors", changed / "model.safetensors")
+    changed = _with_config(saved, tmp_path / "model", lambda meta: meta["processing"].update(threshold=0.5))
     model = detris.from_pretrained(changed)
     predictor = detris.Predictor(model)
     assert predictor.processing.threshold == 0.5
@@ -55,24 +60,16 @@ def test_a_stored_threshold_is_what_predictor_and_export_use(saved, tmp_path):
 
 
 def test_older_config_json_without_the_contract_loads(saved, tmp_path):
-    meta = json.loads((saved / "config.json").read_text())
-    del meta["processing"]
-    meta["config"]["neck_heads"] = 4  # a field older files carry, which never changed the model
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "config.json").write_text(json.dumps(meta))
-    os.symlink(saved / "model.safetensors", old / "model.safetensors")
-    model = detris.from_pretrained(old)
+    def older(meta: dict) -> None:
+        del meta["processing"]
+        meta["config"]["neck_heads"] = 4  # a field older files carry, which never changed the model
+
+    model = detris.from_pretrained(_with_config(saved, tmp_path / "old", older))
     assert model.processing == ProcessingConfig.for_model(model.config)
 
 
 def test_a_contract_disagreeing_with_the_model_is_refused(saved, tmp_path):
-    meta = json.loads((saved / "config.json").read_text())
-    meta["processing"]["input_size"] = 224
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "config.json").write_text(json.dumps(meta))
-    os.symlink(saved / "model.safetensors", bad / "model.safetensors")
+    bad = _with_config(saved, tmp_path / "bad", lambda meta: meta["processing"].update(input_size=224))
     with pytest.raises(ValueError, match=r"config\.json.*input_size"):
         detris.from_pretrained(bad)
 
