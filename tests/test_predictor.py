@@ -357,3 +357,20 @@ def test_predict_cli_errors(model_dir, tmp_path):
     rc, _, err = run(["predict", "--model", str(model_dir), "--image", str(tmp_path / "ok.png"), "--text", "x",
                       "--out", str(blocker / "sub")])
     assert rc == 2 and "not writable" in err
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_model_cast_to_low_precision_runs_and_matches_autocast(dtype):
+    """``model.to(torch.bfloat16)`` / ``.half()`` (what many users do for inference) runs, and its masks
+    agree with bf16 autocast on the float32 model (the trained bundled model: confident masks)."""
+    from detris.bundled import DEMO_MODEL_NAME
+
+    autocast = Predictor.from_pretrained(DEMO_MODEL_NAME, dtype="bfloat16")
+    cast = Predictor(detris.from_pretrained(DEMO_MODEL_NAME).to(dtype))
+    ious = []
+    for s in synthetic.SyntheticScenes(4, seed=31, image_size=(112, 112), max_objects=4):
+        texts = [o.expressions[0] for o in s.objects]
+        for a, b in zip(autocast.predict(s.image, texts), cast.predict(s.image, texts)):
+            union = (a.mask | b.mask).sum()
+            ious.append(1.0 if union == 0 else (a.mask & b.mask).sum() / union)
+    assert np.mean(ious) >= 0.98, ious

@@ -47,6 +47,10 @@ def forward_logits(model: nn.Module, images: Tensor, tokens: Tensor, one_at_a_ti
     ``one_at_a_time``: a forward per sample, so that every op rounds as in the official batch-1 test
     loop (kernels chosen by shape round differently at other batch sizes).
     """
+    weight_dtype = next(model.parameters()).dtype
+    if images.dtype != weight_dtype:
+        # A model cast to bf16 / fp16 (``model.to(torch.bfloat16)``) takes inputs of its own dtype.
+        images = images.to(weight_dtype)
     if one_at_a_time:
         logits = torch.cat([model(images[i : i + 1], tokens[i : i + 1]) for i in range(images.shape[0])])
     else:

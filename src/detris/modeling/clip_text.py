@@ -7,6 +7,7 @@ without the image tower, so ``ViT-B-16.pt`` loads directly.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -15,11 +16,14 @@ from .common import MultiheadAttention
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in at least float32, as CLIP does for its fp16 weights."""
+    """LayerNorm computed in at least float32, as CLIP does for its fp16 weights (also when the
+    module itself was cast to fp16/bf16: its weight and bias are then raised to float32 too)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype in (torch.float16, torch.bfloat16):
-            return super().forward(x.float()).to(x.dtype)
+            weight = None if self.weight is None else self.weight.float()
+            bias = None if self.bias is None else self.bias.float()
+            return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
         return super().forward(x)
 
 
