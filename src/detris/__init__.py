@@ -12,6 +12,7 @@ Public face::
 from .build import build_model
 from .modeling import DETRIS
 from .pretrained import from_pretrained, load_official_checkpoint
+from .registry import list_pretrained
 from .variants import DetrisConfig, get_variant, list_variants
 from .version import __version__
 
@@ -40,6 +41,7 @@ __all__ = [
     "build_model",
     "from_pretrained",
     "get_variant",
+    "list_pretrained",
     "list_variants",
     "load_official_checkpoint",
     "tokenize",

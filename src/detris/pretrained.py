@@ -9,23 +9,32 @@ official DETRIS training checkpoint, and uploading a model to the Hub.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import bundled
 from .build import build_model
 from .modeling import DETRIS
+from .registry import REGISTRY, get_entry, list_pretrained
 from .variants import VARIANTS, DetrisConfig
 from .weights import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, PathLike
 from .weights.detris_format import ModelFiles, load_trained_weights, push_to_hub, read_model_dir
 from .weights.io import load_state_file
 from .weights.official import extract_state_dict, guess_variant, infer_config, load_detris_state
 
-__all__ = ["from_pretrained", "load_official_checkpoint", "resolve_model_dir", "push_to_hub", "detris_home"]
+__all__ = ["from_pretrained", "load_official_checkpoint", "resolve_model_dir", "push_to_hub", "detris_home",
+           "list_pretrained"]
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_FILE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+/.+\.(pth|pt|bin|ckpt)")
+_REGISTRY_LIKE = re.compile(r"detris-[\w-]+(\.[\w+-]+)?")
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _EXPECTED = f"a folder written by save_pretrained or `detris convert-official`, holding {CONFIG_NAME} + {WEIGHTS_NAME}"
 
 
@@ -34,14 +43,24 @@ def detris_home() -> Path:
     return Path(os.environ.get("DETRIS_HOME", Path.home() / ".cache" / "detris")).expanduser()
 
 
-def resolve_model_dir(name: PathLike) -> Path:
-    """A local model directory, the bundled demo model, or a Hub repo id fetched to one.
+def resolve_model_dir(name: PathLike, word_len: int | None = None) -> Path:
+    """The model directory a name stands for; every ``--model`` and ``from_pretrained`` goes through here.
 
-    Errors are `FileNotFoundError` saying what a model directory holds.
+    A name is: a model directory; the bundled ``detris-tiny-synthetic``; a registry name
+    (``detris-b.refcoco``, see `detris.list_pretrained`); a Hub repo id holding a model directory
+    (``owner/name``); an official checkpoint in a Hub repo (``owner/name/path/in/repo.pth``); a local
+    official checkpoint (``.pth``). An official checkpoint is converted once, into
+    ``$DETRIS_HOME/converted/``, and later loads read the converted safetensors. ``word_len`` is for
+    official checkpoints whose token length the registry does not know (22 for RefCOCOg-umd models).
+
+    Errors are `FileNotFoundError` / `CheckpointError` naming the file and the problem.
     """
     name = str(name)
     if name == bundled.DEMO_MODEL_NAME:
         return bundled.demo_model_dir()
+    official = _official_source(name, word_len)
+    if official is not None:
+        return _converted(official)
     path = Path(name).expanduser()
     if path.is_dir() and path.resolve() == (bundled.assets_dir() / bundled.DEMO_MODEL_NAME).resolve():
         return bundled.demo_model_dir()
@@ -68,6 +87,86 @@ def resolve_model_dir(name: PathLike) -> Path:
             f"model {name}: no such local directory, and fetching it from the Hugging Face Hub failed "
             f"({type(exc).__name__}: {exc}); expected {_EXPECTED}"
         ) from None
+
+
+@dataclass(frozen=True)
+class _OfficialSource:
+    """An official DETRIS checkpoint to convert: where it is and how to build its model."""
+
+    label: str  # how messages and the converted folder name it
+    fetch: Callable[[], Path]  # the local file (downloaded first when on the Hub)
+    variant: str | None = None  # None: read off the tensors
+    word_len: int | None = None
+    sha256: str | None = None
+
+
+def _official_source(name: str, word_len: int | None) -> _OfficialSource | None:
+    """The official checkpoint ``name`` stands for (registry name, Hub file, local .pth), or None."""
+    if name in REGISTRY:
+        entry = get_entry(name)
+        repo, file = entry.hub_repo, entry.hub_file
+        if repo is None or file is None:
+            raise FileNotFoundError(f"{name}: {entry.note}")
+        return _OfficialSource(name, functools.partial(_hub_file, repo, file), entry.variant, word_len or entry.word_len,
+                               entry.sha256)
+    path = Path(name).expanduser()
+    if path.suffix in _CHECKPOINT_SUFFIXES and path.is_file():
+        return _OfficialSource(str(path.resolve()), lambda: path, None, word_len)
+    if _HUB_FILE.fullmatch(name) and not path.exists():
+        repo, file = "/".join(name.split("/")[:2]), "/".join(name.split("/")[2:])
+        known = next((e for e in REGISTRY.values() if (e.hub_repo, e.hub_file) == (repo, file)), None)
+        return _OfficialSource(name, functools.partial(_hub_file, repo, file), known.variant if known else None,
+                               word_len or (known.word_len if known else None), known.sha256 if known else None)
+    if _REGISTRY_LIKE.fullmatch(name) and not path.exists():
+        try:
+            get_entry(name)
+        except KeyError as err:
+            raise FileNotFoundError(str(err.args[0])) from None
+    return None
+
+
+def _hub_file(repo: str, file: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{repo}/{file} is on the Hugging Face Hub; downloading it needs huggingface_hub: pip install 'detris[demo]'"
+        ) from None
+    try:
+        return Path(hf_hub_download(repo, file))
+    except Exception as exc:  # missing file or repo, offline, network: one message
+        raise FileNotFoundError(
+            f"could not get {file} from the Hub repository {repo} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _converted(source: _OfficialSource) -> Path:
+    """Convert an official checkpoint once; later calls find the converted model directory and read no
+    pickle. The folder is keyed by the file's size and modification time, so a new file converts again."""
+    path = source.fetch()
+    stat = path.stat()
+    safe = re.sub(r"[^\w.+-]+", "_", source.label).strip("_")[-80:]
+    out = detris_home() / "converted" / f"{safe}-{stat.st_size}-{stat.st_mtime_ns}"
+    if (out / CONFIG_NAME).is_file() and (out / WEIGHTS_NAME).is_file():
+        return out
+    if source.sha256 is not None:
+        actual = _sha256(path)
+        if actual != source.sha256:
+            raise CheckpointError(
+                f"{path} ({source.label}) has sha256 {actual}, expected {source.sha256}: the download is damaged "
+                "or another file; delete it and download again"
+            )
+    overrides = {"word_len": source.word_len} if source.word_len else {}
+    model = load_official_checkpoint(path, variant=source.variant, **overrides)
+    return model.save_pretrained(out)
 
 
 def _resolve_base(name: str, directory: Path) -> Path:
@@ -101,10 +200,12 @@ def from_pretrained(
     name_or_path: PathLike,
     dinov2_weights: PathLike | None = None,
     clip_weights: PathLike | None = None,
+    word_len: int | None = None,
 ) -> DETRIS:
-    """Load a model saved by ``save_pretrained`` (a local directory, a Hub id, or the bundled demo model
-    ``"detris-tiny-synthetic"``), in eval mode, with its preprocessing contract as ``model.processing``."""
-    directory = resolve_model_dir(name_or_path)
+    """Load a model by name (see `resolve_model_dir`: a directory, a Hub id, a registry name, an official
+    ``.pth`` locally or in a Hub repo, the bundled ``"detris-tiny-synthetic"``), in eval mode, with its
+    preprocessing contract as ``model.processing``."""
+    directory = resolve_model_dir(name_or_path, word_len)
     if not directory.resolve().is_relative_to(bundled.assets_dir().resolve()):
         return _build(read_model_dir(directory), dinov2_weights, clip_weights)
     # A damaged bundled file is an installation problem: say so and how to repair it.

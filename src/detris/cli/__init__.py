@@ -18,6 +18,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from ..build import build_model
     from ..variants import get_variant, list_variants
 
+    if args.pretrained:
+        return _print_pretrained(args.json)
     names = list_variants() if args.variant == "all" else [args.variant]
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -37,6 +39,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"{r['adapters'] / 1e6:>11.2f}M{r['adapter_share_percent']:>14.2f} %"
         )
     print("adapter share = adapter parameters / parameters of the two backbones (adapters included)")
+    return 0
+
+
+def _print_pretrained(as_json: bool) -> int:
+    """``detris info --pretrained``: the registry of released checkpoints."""
+    import dataclasses
+
+    from ..registry import REGISTRY
+
+    entries = [REGISTRY[n] for n in sorted(REGISTRY)]
+    if as_json:
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
+        return 0
+    print(f"{'name':<27}{'variant':<16}{'word_len':>9}  {'Hub file':<44}{'paper mIoU (%)'}")
+    for e in entries:
+        where = f"{e.hub_repo}/{e.hub_file}" if e.hub_file else ("bundled" if e.hub_repo is None else "not confirmed")
+        miou = ", ".join(f"{k} {v:.1f}" for k, v in e.paper_miou.items()) or "-"
+        print(f"{e.name:<27}{e.variant:<16}{e.word_len:>9}  {where:<44}{miou}")
+    print("load one with detris.from_pretrained(name) or --model name; licence of the released weights: "
+          f"{entries[0].licence}")
     return 0
 
 
@@ -88,13 +110,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return run_export_command(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detris", description="DETRIS referring image segmentation")
-    sub = parser.add_subparsers(dest="command", required=True)
+#: What --model accepts (one resolver for every command: detris.pretrained.resolve_model_dir).
+MODEL_HELP = ("a model directory, a Hub repo id, a registry name (detris info --pretrained), or an official "
+              ".pth (a local file or owner/name/path/in/repo.pth)")
+#: Help of --word-len for the commands that take a model by name.
+WORD_LEN_HELP = ("token length of an official .pth the registry does not know (22 for RefCOCOg-umd models; "
+                 "default: the registry's, else 17)")
 
+
+def _add_info_and_conversion(sub: Any) -> None:
     p = sub.add_parser("info", help="parameter counts of a variant")
     p.add_argument("--variant", default="all", help="detris-b, detris-l, detris-l-mixed, detris-tiny or all")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--pretrained", action="store_true", help="list the released checkpoints (the registry)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("convert-official", help="official DETRIS .pth -> config.json + model.safetensors")
@@ -105,8 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_convert_official)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detris", description="DETRIS referring image segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_info_and_conversion(sub)
+
     p = sub.add_parser("eval", help="evaluate on a REFER dataset with the official protocol")
-    p.add_argument("--model", required=True, help="model directory (save_pretrained) or Hub id")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--word-len", type=int, default=None, help=WORD_LEN_HELP)
     p.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog_umd, refcocog_google")
     p.add_argument("--split", required=True, help="val, testA, testB, test")
     p.add_argument("--data-root", required=True, help="folder holding refcoco/, refcoco+/, refcocog/")
@@ -137,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment the objects that expressions refer to in your images")
     p.add_argument("--model", default=DEMO_MODEL_NAME,
-                   help=f"model directory (save_pretrained) or Hub id (default: the bundled {DEMO_MODEL_NAME}, "
-                        "which knows synthetic shapes only)")
+                   help=f"{MODEL_HELP} (default: the bundled {DEMO_MODEL_NAME}, which knows synthetic shapes only)")
+    p.add_argument("--word-len", type=int, default=None, help=WORD_LEN_HELP)
     p.add_argument("--image", required=True, help="an image file, or a folder of images")
     p.add_argument("--text", action="append", required=True, metavar="EXPRESSION",
                    help="referring expression (repeatable: one mask per expression)")
@@ -152,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="web demo (Gradio)")
     p.add_argument("--model", default=DEMO_MODEL_NAME,
-                   help=f"model directory or Hub id (default: the bundled {DEMO_MODEL_NAME}, synthetic shapes only)")
+                   help=f"{MODEL_HELP} (default: the bundled {DEMO_MODEL_NAME}, synthetic shapes only)")
+    p.add_argument("--word-len", type=int, default=None, help=WORD_LEN_HELP)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -161,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("export", help="export a model (its input size and token length; any batch size)")
-    p.add_argument("--model", required=True, help="model directory or Hub id")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--word-len", type=int, default=None, help=WORD_LEN_HELP)
     p.add_argument("--format", required=True, choices=["onnx", "torch-export"])
     p.add_argument("--out", required=True, help="output file (.onnx or .pt2)")
     p.add_argument("--batch-size", type=int, default=None,

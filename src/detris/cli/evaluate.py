@@ -13,6 +13,7 @@ from ..data.images import ImageLoadError
 from ..evaluate import EVAL_DATASETS, METRIC_KEYS, PREDICTIONS_JSONL, evaluate, format_table, json_safe
 from ..postprocess import DEFAULT_THRESHOLD
 from ..pretrained import from_pretrained, resolve_model_dir
+from ..registry import REGISTRY
 from ..utils import resolve_device
 from ..weights import read_model_dir
 
@@ -71,8 +72,21 @@ def _load_split(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     return refer, dataset
 
 
+def _paper_miou(model: str, dataset: str, split: str) -> float | None:
+    """The paper's mIoU (%) of a registry model on this dataset and split, if it reports one."""
+    entry = REGISTRY.get(model)
+    if entry is None:
+        return None
+    key = split if entry.dataset == dataset else f"{dataset} {split}"
+    return entry.paper_miou.get(key)
+
+
 def _report(args: argparse.Namespace, cfg: Any, refer: Any, result: dict[str, Any]) -> None:
     print(format_table([{"split": args.split, **result}]))
+    paper = _paper_miou(str(args.model), args.dataset, args.split)
+    if paper is not None:
+        print(f"paper (official README) mIoU for {args.model} on {args.dataset} {args.split}: {paper:.2f}; "
+              f"ours {100 * result['mIoU']:.2f}")
     if result["skipped"]:
         print(
             f"skipped {len(result['skipped'])} unreadable image(s) ({result['skipped_expressions']} expressions "
@@ -123,7 +137,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
     device = resolve_device(args.device)
-    model_dir = resolve_model_dir(str(args.model))
+    model_dir = resolve_model_dir(str(args.model), args.word_len)
     cfg = read_model_dir(model_dir).config
     refer, dataset = _load_split(args, cfg)
     model = from_pretrained(model_dir)

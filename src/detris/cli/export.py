@@ -41,7 +41,7 @@ def run_export_command(args: argparse.Namespace) -> int:
         print(f"detris export: error: {err}", file=sys.stderr)
         return 2
     out = prepare_output(args.out, fmt)
-    model_dir = resolve_model_dir(str(args.model))
+    model_dir = resolve_model_dir(str(args.model), args.word_len)
     model = from_pretrained(model_dir)
     cfg = model.config
     start, started_at = time.perf_counter(), time.time()

@@ -61,7 +61,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
     files = _image_files(image_arg)
     out_dir = Path(args.out).expanduser()
     check_output_dir(out_dir)
-    predictor = Predictor.from_pretrained(resolve_model_dir(args.model), device=args.device, dtype=args.dtype)
+    predictor = Predictor.from_pretrained(resolve_model_dir(args.model, args.word_len), device=args.device, dtype=args.dtype)
     texts, _ = check_texts(args.text, predictor.word_len)
     threshold = predictor.processing.threshold if args.threshold is None else args.threshold
 

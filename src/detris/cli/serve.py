@@ -29,7 +29,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     if args.queue_size < 1:
         raise ValueError(f"--queue-size must be at least 1, got {args.queue_size}")
-    model_dir = resolve_model_dir(args.model or DEMO_MODEL_NAME)
+    model_dir = resolve_model_dir(args.model or DEMO_MODEL_NAME, args.word_len)
     predictor = Predictor.from_pretrained(model_dir, device=args.device)
     app = build_app(predictor, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
                     model_name=str(args.model or DEMO_MODEL_NAME))

@@ -58,7 +58,7 @@ def load_state_file(path: PathLike) -> StateDict | dict[str, Any]:
             f"containers, which could run code (torch.load(weights_only=True) said: {str(err).splitlines()[0]}). "
             "Only load checkpoints you trust; convert trusted ones with `detris convert-official`."
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:  # OSError: a truncated zip
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({err})") from err
 
 
