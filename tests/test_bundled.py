@@ -6,6 +6,7 @@ References: ``tests/fixtures/bundled_reference.json`` was recorded when the asse
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -87,7 +88,11 @@ def test_bundled_model_reproduces_recorded_logits():
 def test_bundled_model_is_adapter_only_on_the_towers_by_name():
     meta = json.loads((bundled.demo_model_dir() / "config.json").read_text())
     assert meta["adapter_only"] is True
-    assert meta["base_weights"] == bundled.TINY_TOWER_FILES  # bare names: found wherever installed
+    # Canonical names and hashes, no path: found again wherever the package is installed.
+    for kind, name in bundled.TINY_TOWER_FILES.items():
+        record = meta["base_weights"][kind]
+        assert (record["name"], record["path"], record["url"]) == (name, None, None)
+        assert record["sha256"] == hashlib.sha256((bundled.assets_dir() / name).read_bytes()).hexdigest()
     model = detris.from_pretrained(bundled.DEMO_MODEL_NAME)
     counts = model.parameter_counts()
     assert counts["trainable"] < counts["total"] / 5

@@ -14,6 +14,7 @@ import torch
 
 import detris
 from detris.data.transforms import CLIP_MEAN, CLIP_STD, letterbox_image, normalize_image
+from detris.export import export_model
 from detris.inference import prepare_image, segment
 from detris.postprocess import binarize, logits_to_probability
 from detris.processing import ProcessingConfig
@@ -79,11 +80,14 @@ def test_files_are_written_with_the_users_umask(tmp_path, mask):
     old = os.umask(mask)
     try:
         path = atomic_write(tmp_path / "f.txt", lambda p: Path(p).write_text("x"))
-        random_tiny_model().save_pretrained(tmp_path / "model")
+        model = random_tiny_model()
+        model.save_pretrained(tmp_path / "model")
+        export_model(model, "torch-export", tmp_path / "model.pt2")
     finally:
         os.umask(old)
     expected = 0o666 & ~mask
-    for f in (path, tmp_path / "model" / "config.json", tmp_path / "model" / "model.safetensors"):
+    for f in (path, tmp_path / "model" / "config.json", tmp_path / "model" / "model.safetensors",
+              tmp_path / "model.pt2"):
         assert stat.S_IMODE(f.stat().st_mode) == expected, (f, oct(f.stat().st_mode))
 
 

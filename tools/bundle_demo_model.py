@@ -22,6 +22,7 @@ from detris.build import build_model
 from detris.bundled import DEMO_MODEL_NAME, TINY_TOWER_FILES, assets_dir, tiny_tower_paths
 from detris.data.synthetic import SyntheticScenes
 from detris.data.transforms import letterbox_image, normalize_image
+from detris.weights.detris_format import BaseFile
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "tests" / "fixtures" / "bundled_reference.json"
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     source = Path(args.run) / "best"
     meta = json.loads((source / "config.json").read_text())
-    if not meta.get("adapter_only") or set(meta["base_weights"].values()) != set(TINY_TOWER_FILES.values()):
+    names = {BaseFile.read(v).name for v in meta.get("base_weights", {}).values()}
+    if not meta.get("adapter_only") or names != set(TINY_TOWER_FILES.values()):
         raise SystemExit(f"{source} is not an adapter-only model on the bundled towers: {meta.get('base_weights')}")
     target = assets_dir() / DEMO_MODEL_NAME
     # Loaded and saved again rather than copied: the asset is then in the current format, and its base

@@ -10,7 +10,6 @@ official DETRIS training checkpoint, and uploading a model to the Hub.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -24,12 +23,12 @@ from .modeling import DETRIS
 from .registry import REGISTRY, get_entry, list_pretrained
 from .variants import VARIANTS, DetrisConfig
 from .weights import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, PathLike
-from .weights.detris_format import ModelFiles, load_trained_weights, push_to_hub, read_model_dir
+from .weights.detris_format import BaseFile, ModelFiles, file_sha256, load_trained_weights, push_to_hub, read_model_dir
 from .weights.io import load_state_file
 from .weights.official import extract_state_dict, guess_variant, infer_config, load_detris_state
 
 __all__ = ["from_pretrained", "load_official_checkpoint", "resolve_model_dir", "push_to_hub", "detris_home",
-           "list_pretrained"]
+           "list_pretrained", "download"]
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_FILE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+/.+\.(pth|pt|bin|ckpt)")
@@ -140,14 +139,6 @@ def _hub_file(repo: str, file: str) -> Path:
         ) from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _converted(source: _OfficialSource) -> Path:
     """Convert an official checkpoint once; later calls find the converted model directory and read no
     pickle. The folder is keyed by the file's size and modification time, so a new file converts again."""
@@ -158,7 +149,7 @@ def _converted(source: _OfficialSource) -> Path:
     if (out / CONFIG_NAME).is_file() and (out / WEIGHTS_NAME).is_file():
         return out
     if source.sha256 is not None:
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != source.sha256:
             raise CheckpointError(
                 f"{path} ({source.label}) has sha256 {actual}, expected {source.sha256}: the download is damaged "
@@ -169,19 +160,58 @@ def _converted(source: _OfficialSource) -> Path:
     return model.save_pretrained(out)
 
 
-def _resolve_base(name: str, directory: Path) -> Path:
-    candidates = [Path(name).expanduser()]
-    if not candidates[0].is_absolute():
-        home = detris_home()
-        candidates = [directory / name, home / name, home / Path(name).name, bundled.assets_dir() / name]
+def _resolve_base(base: BaseFile, directory: Path) -> Path:
+    """A base backbone file of an adapter-only model: where it was saved from, beside the model, in
+    ``$DETRIS_HOME``, among the files shipped with the package, or downloaded into ``$DETRIS_HOME``."""
+    home = detris_home()
+    candidates = [Path(base.path)] if base.path else []
+    candidates += [directory / base.name, home / base.name, bundled.assets_dir() / base.name]
     for c in candidates:
         if c.is_file():
             return c
+    if base.url:
+        return download(base.url, home / base.name, base.sha256)
+    where = "the file the model was trained with"
     raise FileNotFoundError(
-        f"base weights {name!r} of the adapter-only model in {directory} not found; looked in "
-        + ", ".join(str(c) for c in candidates)
-        + ". Pass dinov2_weights=/clip_weights= to from_pretrained or put the file in $DETRIS_HOME."
+        f"base weights {base.name} (sha256 {base.sha256 or 'not recorded'}) of the adapter-only model in {directory} "
+        f"not found beside it, in $DETRIS_HOME ({home}) or {'at ' + base.path if base.path else 'anywhere'}; "
+        f"put {where} there, or pass dinov2_weights=/clip_weights= to from_pretrained"
     )
+
+
+def download(url: str, dest: Path, sha256: str | None = None, chunk: int = 1 << 20) -> Path:
+    """Download ``url`` to ``dest``: atomically (through ``dest.part``), resuming a partial ``.part``
+    (an HTTP Range request), with a progress bar, checking ``sha256`` when given."""
+    import urllib.error
+    import urllib.request
+
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    done = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            resumed = response.status == 206
+            total = response.headers.get("Content-Length")
+            start = done if resumed else 0
+            with open(part, "ab" if resumed else "wb") as f, tqdm(
+                total=start + int(total) if total else None, initial=start, unit="B", unit_scale=True,
+                desc=f"download {dest.name}", disable=None,
+            ) as bar:
+                for block in iter(lambda: response.read(chunk), b""):
+                    f.write(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, OSError) as exc:
+        raise FileNotFoundError(f"could not download {dest.name} from {url} ({exc}); the partial file {part} is "
+                                "kept and the next attempt resumes it") from None
+    actual = file_sha256(part)
+    if sha256 is not None and actual != sha256:
+        part.unlink()
+        raise CheckpointError(f"{url} gave a file with sha256 {actual}, expected {sha256} for {dest.name}")
+    os.replace(part, dest)
+    return dest
 
 
 def _build(files: ModelFiles, dinov2_weights: PathLike | None, clip_weights: PathLike | None) -> DETRIS:

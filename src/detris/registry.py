@@ -12,9 +12,18 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-__all__ = ["PretrainedEntry", "REGISTRY", "list_pretrained", "get_entry", "OFFICIAL_HUB_REPO"]
+__all__ = ["PretrainedEntry", "REGISTRY", "BACKBONE_URLS", "list_pretrained", "get_entry", "OFFICIAL_HUB_REPO"]
 
 OFFICIAL_HUB_REPO = "thuteam/DETRIS"
+
+#: Where the official README says to download the backbone files DETRIS is built on; adapter-only models
+#: on these files record the URL, and loading downloads a missing one into $DETRIS_HOME.
+BACKBONE_URLS: dict[str, str] = {
+    "dinov2_vitb14_reg4_pretrain.pth": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
+    "dinov2_vitl14_reg4_pretrain.pth": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth",
+    "ViT-B-16.pt": "https://openaipublic.azureedge.net/clip/models/"
+                   "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+}
 _LICENCE = "not stated by the authors"
 
 

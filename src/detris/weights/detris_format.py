@@ -8,6 +8,8 @@ trained ones (adapter-only: a few MB on top of backbone files the user already h
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import tempfile
 from collections.abc import Mapping
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import bundled
 from ..processing import ProcessingConfig
+from ..registry import BACKBONE_URLS
 from ..utils import atomic_write
 from ..variants import DetrisConfig
 from .io import CheckpointError, PathLike, StateDict, describe_keys, load_strict
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     from ..modeling import DETRIS
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "ModelFiles", "trainable_state_dict",
-           "save_pretrained", "push_to_hub", "read_model_dir", "load_trained_weights"]
+           "save_pretrained", "push_to_hub", "read_model_dir", "load_trained_weights", "BaseFile", "file_sha256"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -44,13 +47,52 @@ def trainable_state_dict(model: DETRIS) -> StateDict:
     return {k: full[k] for k in sorted(names)}
 
 
-def _base_name(path: PathLike) -> str:
-    """How ``config.json`` records a base backbone file: a file shipped with the package by its bare
-    name (found again wherever the package is installed), any other by its path."""
+@dataclass(frozen=True)
+class BaseFile:
+    """A base backbone file an adapter-only model needs, as ``config.json`` records it: its canonical
+    (file) name, its sha256, where it was when saved and, for the official backbones, where to get it."""
+
+    name: str
+    sha256: str | None = None
+    path: str | None = None
+    url: str | None = None
+
+    @classmethod
+    def read(cls, value: Any) -> BaseFile:
+        """A record of this form, or the plain name / path older files hold."""
+        if isinstance(value, str):
+            return cls(name=Path(value).name, path=value if Path(value).is_absolute() else None)
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            return cls(value["name"], value.get("sha256"), value.get("path"), value.get("url"))
+        raise ValueError(f"a base_weights entry must be a file name or {{name, sha256, path, url}}, got {value!r}")
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: PathLike) -> str:
+    """sha256 of a file (remembered per path, size and modification time within the process)."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _base_record(path: PathLike) -> dict[str, Any]:
+    """How ``config.json`` records a base backbone file: by canonical name and sha256, so the model
+    can move to another machine; the official download URL for the official backbone files. Files
+    shipped with the package are found again wherever it is installed, so no path is kept for them."""
     path = Path(path)
-    if path.parent.resolve() == bundled.assets_dir().resolve():
-        return path.name
-    return str(path)
+    url = BACKBONE_URLS.get(path.name)
+    if not path.is_file():  # a bare name the loader finds in $DETRIS_HOME: nothing to hash here
+        return {"name": path.name, "sha256": None, "path": None, "url": url}
+    shipped = path.parent.resolve() == bundled.assets_dir().resolve()
+    return {"name": path.name, "sha256": file_sha256(path), "path": None if shipped else str(path.resolve()),
+            "url": url}
 
 
 def save_pretrained(
@@ -91,7 +133,7 @@ def save_pretrained(
         "processing": processing.to_dict(),
     }
     if adapter_only:
-        meta["base_weights"] = {k: _base_name(v) for k, v in base.items()}
+        meta["base_weights"] = {k: _base_record(v) for k, v in base.items()}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
@@ -120,7 +162,7 @@ class ModelFiles:
     config: DetrisConfig
     processing: ProcessingConfig
     adapter_only: bool
-    base_weights: dict[str, str]
+    base_weights: dict[str, BaseFile]
 
     @property
     def weights_path(self) -> Path:
@@ -149,7 +191,11 @@ def read_model_dir(directory: PathLike) -> ModelFiles:
     base = meta.get("base_weights") or {}
     if adapter_only and (not isinstance(base, dict) or set(base) != {"dinov2", "clip"}):
         raise CheckpointError(f"{config_path}: an adapter-only model must name its dinov2 and clip base_weights")
-    return ModelFiles(directory, cfg, processing, adapter_only, dict(base))
+    try:
+        records = {kind: BaseFile.read(value) for kind, value in base.items()}
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    return ModelFiles(directory, cfg, processing, adapter_only, records)
 
 
 def load_trained_weights(model: DETRIS, files: ModelFiles) -> None:
