@@ -118,6 +118,16 @@ WORD_LEN_HELP = ("token length of an official .pth the registry does not know (2
                  "default: the registry's, else 17)")
 
 
+def _add_model_arguments(p: argparse.ArgumentParser, required: bool) -> None:
+    """--model (one resolver for every command) and --word-len; optional ones default to the bundled model."""
+    if required:
+        p.add_argument("--model", required=True, help=MODEL_HELP)
+    else:
+        p.add_argument("--model", default=DEMO_MODEL_NAME,
+                       help=f"{MODEL_HELP} (default: the bundled {DEMO_MODEL_NAME}, which knows synthetic shapes only)")
+    p.add_argument("--word-len", type=int, default=None, help=WORD_LEN_HELP)
+
+
 def _add_info_and_conversion(sub: Any) -> None:
     p = sub.add_parser("info", help="parameter counts of a variant")
     p.add_argument("--variant", default="all", help="detris-b, detris-l, detris-l-mixed, detris-tiny or all")
@@ -141,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info_and_conversion(sub)
 
     p = sub.add_parser("eval", help="evaluate on a REFER dataset with the official protocol")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--word-len", type=int, default=None, help=WORD_LEN_HELP)
+    _add_model_arguments(p, required=True)
     p.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog_umd, refcocog_google")
     p.add_argument("--split", required=True, help="val, testA, testB, test")
     p.add_argument("--data-root", required=True, help="folder holding refcoco/, refcoco+/, refcocog/")
@@ -172,9 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("predict", help="segment the objects that expressions refer to in your images")
-    p.add_argument("--model", default=DEMO_MODEL_NAME,
-                   help=f"{MODEL_HELP} (default: the bundled {DEMO_MODEL_NAME}, which knows synthetic shapes only)")
-    p.add_argument("--word-len", type=int, default=None, help=WORD_LEN_HELP)
+    _add_model_arguments(p, required=False)
     p.add_argument("--image", required=True, help="an image file, or a folder of images")
     p.add_argument("--text", action="append", required=True, metavar="EXPRESSION",
                    help="referring expression (repeatable: one mask per expression)")
@@ -187,9 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("serve", help="web demo (Gradio)")
-    p.add_argument("--model", default=DEMO_MODEL_NAME,
-                   help=f"{MODEL_HELP} (default: the bundled {DEMO_MODEL_NAME}, synthetic shapes only)")
-    p.add_argument("--word-len", type=int, default=None, help=WORD_LEN_HELP)
+    _add_model_arguments(p, required=False)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -198,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("export", help="export a model (its input size and token length; any batch size)")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--word-len", type=int, default=None, help=WORD_LEN_HELP)
+    _add_model_arguments(p, required=True)
     p.add_argument("--format", required=True, choices=["onnx", "torch-export"])
     p.add_argument("--out", required=True, help="output file (.onnx or .pt2)")
     p.add_argument("--batch-size", type=int, default=None,
