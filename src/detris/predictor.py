@@ -108,7 +108,6 @@ class Predictor:
         dtype: None | str | torch.dtype = None,
         max_batch: int = 8,
     ) -> None:
-
         config = getattr(model, "config", None)
         if config is None or not hasattr(config, "image_size") or not hasattr(config, "word_len"):
             raise TypeError(

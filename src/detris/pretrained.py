@@ -1,10 +1,10 @@
-"""Service: turn a name into a loaded model.
+"""Service: turn a name into a loaded model (`resolve_model_dir` lists what a name may be).
 
-A name is a model directory written by ``save_pretrained``, a Hugging Face Hub repo id holding one, or
-the bundled demo model ``"detris-tiny-synthetic"``. Adapter-only models find their base backbone files
-by the names ``config.json`` records: beside the model, in ``$DETRIS_HOME`` (default
-``~/.cache/detris``), or among the files shipped with the package. Also here: building a model from an
-official DETRIS training checkpoint, and uploading a model to the Hub.
+Official DETRIS checkpoints (a registry name, a file in a Hub repo, a local ``.pth``) are converted once
+into ``$DETRIS_HOME/converted/`` (default ``~/.cache/detris``). Adapter-only models find their base
+backbone files by the name and sha256 ``config.json`` records: where they were saved from, beside the
+model, in ``$DETRIS_HOME``, among the files shipped with the package, or downloaded from the official
+URL. Also here: building a model from an official checkpoint, and uploading a model to the Hub.
 """
 
 from __future__ import annotations
@@ -171,11 +171,10 @@ def _resolve_base(base: BaseFile, directory: Path) -> Path:
             return c
     if base.url:
         return download(base.url, home / base.name, base.sha256)
-    where = "the file the model was trained with"
     raise FileNotFoundError(
         f"base weights {base.name} (sha256 {base.sha256 or 'not recorded'}) of the adapter-only model in {directory} "
         f"not found beside it, in $DETRIS_HOME ({home}) or {'at ' + base.path if base.path else 'anywhere'}; "
-        f"put {where} there, or pass dinov2_weights=/clip_weights= to from_pretrained"
+        "put the file the model was trained with there, or pass dinov2_weights=/clip_weights= to from_pretrained"
     )
 
 
@@ -206,8 +205,7 @@ def download(url: str, dest: Path, sha256: str | None = None, chunk: int = 1 << 
     except (urllib.error.URLError, OSError) as exc:
         raise FileNotFoundError(f"could not download {dest.name} from {url} ({exc}); the partial file {part} is "
                                 "kept and the next attempt resumes it") from None
-    actual = file_sha256(part)
-    if sha256 is not None and actual != sha256:
+    if sha256 is not None and (actual := file_sha256(part)) != sha256:
         part.unlink()
         raise CheckpointError(f"{url} gave a file with sha256 {actual}, expected {sha256} for {dest.name}")
     os.replace(part, dest)

@@ -206,8 +206,8 @@ class _Run:
         return self.run_dir / "checkpoints" / "last.pt"
 
 
-def _build_model(cfg: RunConfig, info: DistInfo, mcfg: Any) -> DETRIS:
-    model = build_model(mcfg, **{f"{k}_weights": v for k, v in _backbone_files(cfg).items()})
+def _build_model(cfg: RunConfig, info: DistInfo, mcfg: Any, backbones: dict[str, str | None]) -> DETRIS:
+    model = build_model(mcfg, **{f"{k}_weights": v for k, v in backbones.items()})
     if cfg.model.train_backbones:
         model.requires_grad_(True)
     if cfg.model.grad_checkpointing:
@@ -231,10 +231,10 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
 
     # Same seed on every rank: every process builds the same (random-init) backbones and heads.
     mcfg = get_variant(cfg.model.variant, **cfg.model.overrides)  # sizes, without building anything
-    _backbone_files(cfg)  # missing files fail before the data is written
+    backbones = _backbone_files(cfg)  # missing files fail before the data is written
     train_ds, val_ds = build_datasets(cfg, run_dir, info, cfg.data.input_size or mcfg.image_size, mcfg.word_len)
     _seed_everything(t.seed)
-    model = _build_model(cfg, info, mcfg)
+    model = _build_model(cfg, info, mcfg, backbones)
 
     micro = t.micro_batch_size or max(t.batch_size // info.world_size, 1)
     if t.batch_size % (info.world_size * micro):

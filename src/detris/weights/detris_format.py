@@ -8,6 +8,7 @@ trained ones (adapter-only: a few MB on top of backbone files the user already h
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -82,17 +83,16 @@ def file_sha256(path: PathLike) -> str:
     return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def _base_record(path: PathLike) -> dict[str, Any]:
+def _base_record(path: PathLike) -> BaseFile:
     """How ``config.json`` records a base backbone file: by canonical name and sha256, so the model
     can move to another machine; the official download URL for the official backbone files. Files
     shipped with the package are found again wherever it is installed, so no path is kept for them."""
     path = Path(path)
     url = BACKBONE_URLS.get(path.name)
     if not path.is_file():  # a bare name the loader finds in $DETRIS_HOME: nothing to hash here
-        return {"name": path.name, "sha256": None, "path": None, "url": url}
+        return BaseFile(path.name, url=url)
     shipped = path.parent.resolve() == bundled.assets_dir().resolve()
-    return {"name": path.name, "sha256": file_sha256(path), "path": None if shipped else str(path.resolve()),
-            "url": url}
+    return BaseFile(path.name, file_sha256(path), None if shipped else str(path.resolve()), url)
 
 
 def save_pretrained(
@@ -104,9 +104,8 @@ def save_pretrained(
     """Write ``config.json`` + ``model.safetensors`` (each atomically, with the user's umask).
 
     With ``adapter_only`` the safetensors file holds only ``trainable_state_dict(model)`` (a few MB) and
-    ``config.json`` records the base backbone files (``{"dinov2": ..., "clip": ...}``) that
-    ``from_pretrained`` loads first; relative names are resolved against the directory, then
-    ``$DETRIS_HOME`` (default ``~/.cache/detris``), then the files shipped with the package.
+    ``config.json`` records the base backbone files it needs (`BaseFile`: name, sha256, path, URL of
+    the official files), which ``detris.from_pretrained`` finds or downloads before loading.
     """
     from safetensors.torch import save_file
 
@@ -133,7 +132,7 @@ def save_pretrained(
         "processing": processing.to_dict(),
     }
     if adapter_only:
-        meta["base_weights"] = {k: _base_record(v) for k, v in base.items()}
+        meta["base_weights"] = {k: dataclasses.asdict(_base_record(v)) for k, v in base.items()}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return directory
