@@ -11,14 +11,15 @@ from detris.build import build_model
 from official_formats import randomize_detris_state
 
 
-def random_tiny_model(image_size: int = 112, seed: int = 0) -> torch.nn.Module:
-    """DETRIS-tiny at ``image_size`` px with random weights, non-trivial BN statistics, eval mode.
+def random_tiny_model(image_size: int = 112, seed: int = 0, no_target_head: bool = False) -> torch.nn.Module:
+    """DETRIS-tiny at ``image_size`` px with random weights, non-trivial BN statistics, eval mode
+    (optionally with the no-target head).
 
     Random weights give logits far below the 0.35 threshold (all-empty masks); the dynamic kernel's
     bias is shifted so that about 30 % of the pixels of a random input are foreground.
     """
     torch.manual_seed(seed)
-    model = build_model("detris-tiny", image_size=image_size).eval()
+    model = build_model("detris-tiny", image_size=image_size, no_target_head=no_target_head).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     for module in model.modules():
         # Non-trivial BN statistics so that eval-mode BN is not the identity.
@@ -34,9 +35,9 @@ def random_tiny_model(image_size: int = 112, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def save_random_tiny(directory: Path, image_size: int = 112, seed: int = 0) -> Path:
+def save_random_tiny(directory: Path, image_size: int = 112, seed: int = 0, no_target_head: bool = False) -> Path:
     """`random_tiny_model` written with ``save_pretrained`` into ``directory``; returns it."""
-    random_tiny_model(image_size, seed).save_pretrained(directory)
+    random_tiny_model(image_size, seed, no_target_head).save_pretrained(directory)
     return directory
 
 

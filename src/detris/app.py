@@ -33,7 +33,7 @@ from PIL import Image
 
 from .bundled import DEMO_MODEL_NAME
 from .data.images import ImageLoadError, load_image
-from .predictor import Predictor, check_texts
+from .predictor import NO_MATCH, Predictor, check_texts
 from .visualize import render_overlay
 
 if TYPE_CHECKING:  # gradio is an optional dependency (the ``demo`` extra)
@@ -214,9 +214,14 @@ def segment(
         f"({predictor.device.type}, threshold {float(threshold):g})."
     ]
     for k, p in enumerate(predictions, start=1):
-        overlays.append((render_overlay(rgb, p.mask, _short(p.text)), _short(p.text, 80)))
+        label = f"{_short(p.text)} ({NO_MATCH})" if p.no_target else _short(p.text)
+        caption = f"{_short(p.text, 80)} ({NO_MATCH})" if p.no_target else _short(p.text, 80)
+        overlays.append((render_overlay(rgb, p.mask, label), caption))
         share = 100.0 * p.area / float(p.mask.size)
-        note = "nothing above the threshold" if p.area == 0 else f"{share:.1f} % of the image"
+        note = f"{share:.1f} % of the image"
+        if p.no_target:
+            note = NO_MATCH if p.no_target_probability is None else (
+                f"{NO_MATCH} (no-target probability {p.no_target_probability:.2f})")
         if p.truncated:
             note += f"; cut to the model's {predictor.word_len} tokens"
         lines.append(f"{k}. {_short(p.text, 80)}: {note}")

@@ -12,6 +12,7 @@ from .modeling import (
     DenseAligner,
     DinoVisionTransformer,
     Neck,
+    NoTargetHead,
     Projector,
     TextAdapter,
 )
@@ -80,7 +81,11 @@ def build_model(
     neck = Neck([cfg.vision_width] * 3, cfg.fusion_dim, cfg.text_embed_dim)
     decoder = Decoder(cfg.decoder_layers, cfg.fusion_dim, cfg.decoder_heads, cfg.decoder_ffn_dim, cfg.decoder_dropout)
     head = Projector(cfg.text_embed_dim, cfg.projector_dim, cfg.head_kernel_size)
-    model = DETRIS(text, vision, neck, decoder, head, cfg.vision_feature_layers, cfg.word_len)
+    no_target = (
+        NoTargetHead(cfg.fusion_dim, cfg.text_embed_dim, cfg.projector_dim) if cfg.no_target_head else None
+    )
+    model = DETRIS(text, vision, neck, decoder, head, cfg.vision_feature_layers, cfg.word_len,
+                   no_target_head=no_target, no_target_weight=cfg.no_target_weight)
     model.config = cfg
     model.base_weights = None
     if dinov2_weights is not None or clip_weights is not None:

@@ -11,6 +11,11 @@ What one expression goes through (the official ``engine/engine.py: inference``; 
 5. `detris.metrics.SegmentationMeter`: ``IoU = I / (U + 1e-6)`` per expression, mIoU, oIoU
    (``sum I / sum U``) and Pr@50..90 (share of IoUs strictly above the threshold).
 
+Generalized sets (gRefCOCO, and any dataset whose ``generalized`` attribute is true: expressions that
+refer to several objects or to none) are scored instead with `detris.gres_metrics.GresMeter` as ReLA
+scores them: gIoU, cIoU, N-acc, T-acc and Pr@70..90, from the mask as predicted and the model's
+no-target decision (`detris.inference.Segmentation`).
+
 Batch size and exactness: a convolution or a matrix product over a batch of 8 does not round exactly
 like the same op over one sample (CPU oneDNN/MKL and cuDNN/cuBLAS pick kernels by shape), so logits of
 a batched forward differ from a batch-1 forward in the last bits (about 1e-5 for DETRIS-tiny on CPU),
@@ -44,19 +49,24 @@ from tqdm.auto import tqdm
 
 from .data.datasets import collate
 from .data.images import ImageLoadError
-from .inference import segment
+from .gres_metrics import GRES_PR_THRESHOLDS, GresMeter
+from .inference import Segmentation, segment
 from .metrics import PR_KEYS, SegmentationMeter, intersection_union
 from .postprocess import DEFAULT_THRESHOLD
 from .utils import resolve_device
 
-__all__ = ["EVAL_DATASETS", "METRIC_KEYS", "PREDICTIONS_JSONL", "evaluate", "format_table", "json_safe"]
+__all__ = ["EVAL_DATASETS", "GRES_METRIC_KEYS", "METRIC_KEYS", "PREDICTIONS_JSONL", "evaluate", "format_table",
+           "json_safe"]
 
 PathLike = str | os.PathLike
 
 #: Dataset names `run_eval_command` advertises (any name of `detris.data.refer.DATASETS` works).
-EVAL_DATASETS: tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google")
+EVAL_DATASETS: tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google", "grefcoco")
 #: Metric keys in table/JSON order.
 METRIC_KEYS: tuple[str, ...] = ("mIoU", "oIoU", *PR_KEYS)
+#: The same for generalized sets (gRefCOCO).
+GRES_METRIC_KEYS: tuple[str, ...] = ("gIoU", "cIoU", "N-acc", "T-acc",
+                                     *(f"Pr@{round(100 * t)}" for t in GRES_PR_THRESHOLDS))
 PREDICTIONS_JSONL = "predictions.jsonl"
 
 
@@ -175,6 +185,7 @@ class _Scores:
     """What the scoring loop accumulates."""
 
     meter: SegmentationMeter = field(default_factory=SegmentationMeter)
+    gres: GresMeter | None = None  # set for a generalized dataset: then the only meter that counts
     skipped: dict[str, str] = field(default_factory=dict)  # path -> reason, first-seen order
     skipped_expressions: int = 0
 
@@ -221,18 +232,28 @@ def _score_batch(model: nn.Module, batch: dict[str, Any], dev: torch.device, sco
         raise ValueError("dataset items lack 'mask_orig' (the original-size ground truth); use mode='test'")
     images = batch["image"].to(dev, non_blocking=True)
     tokens = batch["tokens"].to(dev, non_blocking=True)
-    _probs, masks = segment(model, images, tokens, batch["inverse"], batch["orig_size"], **options)
-    for i, pred in enumerate(masks):
-        # Pixel counts against the original-size ground truth (non-zero = object).
-        inter, union = intersection_union(pred, batch["mask_orig"][i])
-        iou = scores.meter.add(inter, union)
+    seg = segment(model, images, tokens, batch["inverse"], batch["orig_size"], **options)
+    masks = seg.masks
+    for i, mask in enumerate(masks):
+        record = {"ref_id": _plain(batch["ref_id"][i]), "sent_id": _plain(batch["sent_id"][i]),
+                  "sentence": batch["sentence"][i]}
+        if scores.gres is not None:
+            record.update(_score_gres(scores.gres, seg, i, batch["mask_orig"][i]))
+        else:
+            # Pixel counts against the original-size ground truth (non-zero = object).
+            inter, union = intersection_union(mask, batch["mask_orig"][i])
+            record.update(iou=scores.meter.add(inter, union), intersection=inter, union=union)
         if writer is not None:
-            writer.write(pred, {
-                "ref_id": _plain(batch["ref_id"][i]), "sent_id": _plain(batch["sent_id"][i]),
-                "sentence": batch["sentence"][i], "iou": iou, "intersection": inter, "union": union,
-                "dataset": batch["dataset"][i], "image": batch["image_path"][i],
-            })
+            writer.write(mask, {**record, "dataset": batch["dataset"][i], "image": batch["image_path"][i]})
     return len(masks)
+
+
+def _score_gres(meter: GresMeter, seg: Segmentation, i: int, truth: torch.Tensor) -> dict[str, Any]:
+    """ReLA's scoring of sample ``i``: the mask as predicted against the union of the targets."""
+    outcome = meter.add(seg.raw_masks[i], truth.numpy(), seg.no_target[i])
+    return {"no_target": bool(seg.no_target[i]), "no_target_probability": seg.no_target_probabilities[i],
+            "has_target": outcome.has_target, "outcome": outcome.kind, "iou": outcome.iou,
+            "I": outcome.intersection, "U": outcome.union}
 
 
 def _score_loader(model: nn.Module, loader: DataLoader, dev: torch.device, scores: _Scores,
@@ -244,7 +265,9 @@ def _score_loader(model: nn.Module, loader: DataLoader, dev: torch.device, score
             if "image" in batch:
                 done += _score_batch(model, batch, dev, scores, writer, options)
             bar.update(done)
-            if scores.meter.count:
+            if scores.gres is not None and scores.gres.count:
+                bar.set_postfix(gIoU=f"{100 * scores.gres.iou_sum / scores.gres.count:.2f}", refresh=False)
+            elif scores.meter.count:
                 bar.set_postfix(mIoU=f"{100 * scores.meter.iou_sum / scores.meter.count:.2f}", refresh=False)
     finally:
         bar.close()
@@ -265,6 +288,7 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     max_items: int | None = None,
+    generalized: bool | None = None,
 ) -> dict[str, Any]:
     """Score a model on a dataset with the official protocol (see the module docstring).
 
@@ -281,8 +305,12 @@ def evaluate(
         device: ``cpu``, ``cuda``, ``cuda:N``; default CUDA when available.
         workers: DataLoader worker processes (0 = load in this process).
         save_predictions: folder for one ``<ref_id>_<sent_id>.png`` per expression (uint8 0/255 at the
-            original image size) and ``predictions.jsonl`` (one record per expression: ``ref_id,
-            sent_id, sentence, iou, intersection, union, dataset, image, mask``), written as it goes.
+            original image size: the mask a user gets, all zero for a no-target decision) and
+            ``predictions.jsonl`` (one record per expression: ``ref_id, sent_id, sentence, iou,
+            intersection, union, dataset, image, mask``; for a generalized set ``no_target`` (the
+            decision), ``no_target_probability``, ``has_target`` (the ground truth), ``outcome`` and
+            the ``I`` and ``U`` the sample adds as ReLA counts them instead of intersection/union),
+            written as it goes.
         progress: show a tqdm bar (on stderr).
         batch_invariant: run the model one sample at a time so that results do not depend on
             ``batch_size`` (default, official batch-1 numerics); ``False`` runs one forward per batch.
@@ -291,10 +319,13 @@ def evaluate(
         rank, world_size: score every ``world_size``-th item starting at ``rank`` and sum the meters
             over the processes (``torch.distributed`` must be initialised when ``world_size > 1``).
         max_items: score only the first N items.
+        generalized: score with the GRES metrics (see the module docstring); default the dataset's
+            ``generalized`` attribute (true for gRefCOCO).
 
     Returns:
         ``{"mIoU", "oIoU", "Pr@50", ..., "Pr@90"}`` as fractions in [0, 1] (NaN when nothing was
-        scored), ``"expressions"`` (scored), ``"total_expressions"`` (``len(dataset)``),
+        scored) -- for a generalized set ``{"gIoU", "cIoU", "N-acc", "T-acc", "Pr@70", "Pr@80",
+        "Pr@90"}`` and the outcome counts ``"TP", "FN", "FP", "TN"`` instead --, ``"expressions"`` (scored), ``"total_expressions"`` (``len(dataset)``),
         ``"inter_sum"``, ``"union_sum"``, ``"skipped"`` (unique unreadable image paths, in order),
         ``"skip_reasons"`` ({path: message}), ``"skipped_expressions"``, ``"batch_size"``, ``"device"``,
         ``"batch_invariant"``, ``"seconds"`` and, when saving, ``"predictions"`` (the folder).
@@ -315,7 +346,9 @@ def evaluate(
         pin_memory=dev.type == "cuda",
     )
     writer = _PredictionWriter(save_predictions) if save_predictions is not None else None
-    scores = _Scores()
+    if generalized is None:
+        generalized = bool(getattr(dataset, "generalized", False))
+    scores = _Scores(gres=GresMeter() if generalized else None)
     options = {"threshold": threshold, "dtype": dtype, "one_at_a_time": batch_invariant}
     model.to(dev)
     start = time.perf_counter()
@@ -324,23 +357,32 @@ def evaluate(
     finally:
         if writer is not None:
             writer.close()
-    meter = scores.meter.all_reduce() if world_size > 1 else scores.meter
-    result = _result(meter, scores, len(dataset), batch_size, dev, batch_invariant)  # type: ignore[arg-type]
+    if world_size > 1:
+        scores.meter.all_reduce()
+        if scores.gres is not None:
+            scores.gres.all_reduce()
+    result = _result(scores, len(dataset), batch_size, dev, batch_invariant)  # type: ignore[arg-type]
     result["seconds"] = round(time.perf_counter() - start, 3)
     if writer is not None:
         result["predictions"] = str(writer.directory)
     return result
 
 
-def _result(meter: SegmentationMeter, scores: _Scores, total: int, batch_size: int, dev: torch.device,
-            batch_invariant: bool) -> dict[str, Any]:
-    summary = meter.summary()
-    result: dict[str, Any] = {key: summary[key] for key in METRIC_KEYS}
+def _result(scores: _Scores, total: int, batch_size: int, dev: torch.device, batch_invariant: bool) -> dict[str, Any]:
+    result: dict[str, Any]
+    if scores.gres is not None:
+        summary = scores.gres.summary()
+        result = {key: summary[key] for key in GRES_METRIC_KEYS}
+        result.update({kind: int(summary[kind]) for kind in ("TP", "FN", "FP", "TN")})
+        result.update(expressions=scores.gres.count, no_target_expressions=int(summary["no_target"]),
+                      inter_sum=scores.gres.inter_sum, union_sum=scores.gres.union_sum)
+    else:
+        meter = scores.meter
+        summary = meter.summary()
+        result = {key: summary[key] for key in METRIC_KEYS}
+        result.update(expressions=meter.count, inter_sum=meter.inter_sum, union_sum=meter.union_sum)
     result.update(
-        expressions=meter.count,
         total_expressions=total,
-        inter_sum=meter.inter_sum,
-        union_sum=meter.union_sum,
         skipped=list(scores.skipped),
         skip_reasons=dict(scores.skipped),
         skipped_expressions=scores.skipped_expressions,
@@ -354,13 +396,13 @@ def _result(meter: SegmentationMeter, scores: _Scores, total: int, batch_size: i
 # ------------------------------------------------------------------------------------------ table
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows ``{"split", "expressions", "mIoU", ...}`` (fractions) -> a text table in percent, 2 decimals."""
-    header = f"{'split':<10}{'expressions':>12}" + "".join(f"{k:>8}" for k in METRIC_KEYS)
+def format_table(rows: Sequence[dict[str, Any]], keys: Sequence[str] = METRIC_KEYS) -> str:
+    """Rows ``{"split", "expressions", <keys>...}`` (fractions) -> a text table in percent, 2 decimals."""
+    header = f"{'split':<10}{'expressions':>12}" + "".join(f"{k:>8}" for k in keys)
     lines = [header]
     for row in rows:
         cells = []
-        for key in METRIC_KEYS:
+        for key in keys:
             v = row.get(key)
             cells.append(f"{'n/a':>8}" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:>8.2f}")
         lines.append(f"{str(row['split']):<10}{int(row['expressions']):>12}" + "".join(cells))

@@ -22,8 +22,12 @@ undefined ratio is NaN here, 0 there). Values are fractions in [0, 1], like `Seg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
+
+from .metrics import sum_over_ranks
 
 __all__ = ["GRES_PR_THRESHOLDS", "GresOutcome", "gres_outcome", "GresMeter"]
 
@@ -88,6 +92,23 @@ class GresMeter:
     @property
     def count(self) -> int:
         return sum(self.counts.values())
+
+    _KINDS = ("TP", "FN", "FP", "TN")
+
+    def all_reduce(self, group: Any = None) -> GresMeter:
+        """Sum the state over all ranks of ``torch.distributed`` (no-op when not initialised).
+
+        float64 holds the integer counts exactly up to 2**53, far above any pixel count of a benchmark.
+        """
+        values = [*(self.counts[k] for k in self._KINDS), self.inter_sum, self.union_sum, self.iou_sum,
+                  *self.pr_counts]
+        vals = sum_over_ranks(torch.tensor(values, dtype=torch.float64), group).cpu().tolist()
+        for k, v in zip(self._KINDS, vals[:4]):
+            self.counts[k] = int(round(v))
+        self.inter_sum, self.union_sum = int(round(vals[4])), int(round(vals[5]))
+        self.iou_sum = float(vals[6])
+        self.pr_counts = [int(round(v)) for v in vals[7:]]
+        return self
 
     def summary(self) -> dict[str, float]:
         """``gIoU, cIoU, N-acc, T-acc, Pr@70, Pr@80, Pr@90`` (fractions; NaN where a ratio is undefined)

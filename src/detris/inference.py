@@ -8,7 +8,11 @@ there is one implementation of the official protocol around the forward pass:
 2. `segment`: the forward pass in eval mode (optionally under autocast, optionally one sample at a
    time), then per sample `detris.postprocess.logits_to_probability` (sigmoid, bicubic with
    ``align_corners=True`` to the input size, inverse letterbox to the original size) and
-   `detris.postprocess.binarize` (``prob > threshold``).
+   `detris.postprocess.binarize` (``prob > threshold``);
+3. the no-target decision (gRefCOCO): the no-target head's probability above
+   `NO_TARGET_THRESHOLD` when the model has that head, else an empty mask. A no-target decision
+   empties the mask a user gets; the mask as predicted stays available (`Segmentation.raw_masks`) because
+   the GRES metrics score it.
 
 Datasets (`detris.data.datasets`) run step 1 themselves, with the same functions, in their loader.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,7 +30,10 @@ from torch import Tensor, nn
 from .data.transforms import letterbox_image, normalize_image
 from .postprocess import DEFAULT_THRESHOLD, binarize, logits_to_probability
 
-__all__ = ["prepare_image", "forward_logits", "segment"]
+__all__ = ["NO_TARGET_THRESHOLD", "Segmentation", "prepare_image", "forward_logits", "segment"]
+
+#: A no-target probability above this is a "refers to nothing" decision (ReLA's argmax of two classes).
+NO_TARGET_THRESHOLD = 0.5
 
 
 def prepare_image(rgb: np.ndarray, input_size: int) -> tuple[Tensor, np.ndarray]:
@@ -41,8 +49,11 @@ def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def forward_logits(model: nn.Module, images: Tensor, tokens: Tensor, one_at_a_time: bool = False) -> Tensor:
-    """``images (N, 3, S, S)``, ``tokens (N, L)`` -> logits ``(N, 1, h, w)``; checks the output shape.
+def forward_logits(
+    model: nn.Module, images: Tensor, tokens: Tensor, one_at_a_time: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """``images (N, 3, S, S)``, ``tokens (N, L)`` -> logits ``(N, 1, h, w)`` and the no-target logits
+    ``(N,)`` (None for a model without a no-target head); checks the output shape.
 
     ``one_at_a_time``: a forward per sample, so that every op rounds as in the official batch-1 test
     loop (kernels chosen by shape round differently at other batch sizes).
@@ -51,14 +62,45 @@ def forward_logits(model: nn.Module, images: Tensor, tokens: Tensor, one_at_a_ti
     if images.dtype != weight_dtype:
         # A model cast to bf16 / fp16 (``model.to(torch.bfloat16)``) takes inputs of its own dtype.
         images = images.to(weight_dtype)
+    with_head = getattr(model, "no_target_head", None) is not None
+
+    def run(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        return model.forward_with_no_target(x, t) if with_head else (model(x, t), None)  # type: ignore[operator]
+
     if one_at_a_time:
-        logits = torch.cat([model(images[i : i + 1], tokens[i : i + 1]) for i in range(images.shape[0])])
+        parts = [run(images[i : i + 1], tokens[i : i + 1]) for i in range(images.shape[0])]
+        logits = torch.cat([p[0] for p in parts])
+        no_target = torch.cat([p[1] for p in parts if p[1] is not None]) if with_head else None
     else:
-        logits = model(images, tokens)
+        logits, no_target = run(images, tokens)
     if not isinstance(logits, Tensor) or logits.ndim != 4 or logits.shape[:2] != (images.shape[0], 1):
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"the model returned {shape}; expected logits of shape (N={images.shape[0]}, 1, h, w)")
-    return logits
+    return logits, no_target
+
+
+@dataclass
+class Segmentation:
+    """What `segment` returns for N inputs, each at its original size ``(H_i, W_i)``.
+
+    Attributes:
+        probabilities: N float32 probability maps.
+        raw_masks: N bool masks ``probability > threshold``, as predicted.
+        no_target_probabilities: N probabilities that the expression refers to nothing (the no-target
+            head's), or N ``None`` for a model without that head.
+        no_target: N decisions "refers to nothing": the head's probability > `NO_TARGET_THRESHOLD`, or,
+            without a head, an empty raw mask.
+    """
+
+    probabilities: list[np.ndarray]
+    raw_masks: list[np.ndarray]
+    no_target_probabilities: list[float | None]
+    no_target: list[bool]
+
+    @property
+    def masks(self) -> list[np.ndarray]:
+        """The masks a user gets: the raw mask, or all zero where the decision is "no target"."""
+        return [np.zeros_like(m) if nt else m for m, nt in zip(self.raw_masks, self.no_target)]
 
 
 @torch.inference_mode()
@@ -71,8 +113,8 @@ def segment(
     threshold: float = DEFAULT_THRESHOLD,
     dtype: torch.dtype | None = None,
     one_at_a_time: bool = False,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Probability maps and masks at the original image sizes for prepared inputs.
+) -> Segmentation:
+    """Probability maps, masks and no-target decisions at the original image sizes for prepared inputs.
 
     Args:
         model: a DETRIS model; run in eval mode, its train/eval mode restored afterwards.
@@ -83,15 +125,12 @@ def segment(
         threshold: probability threshold (``prob > threshold``; official 0.35).
         dtype: autocast dtype (``torch.bfloat16`` / ``torch.float16``); None = float32, the protocol.
         one_at_a_time: see `forward_logits`.
-
-    Returns:
-        ``(probabilities, masks)``: ``N`` float32 ``(H_i, W_i)`` maps and ``N`` bool masks.
     """
     was_training = model.training
     model.eval()
     try:
         with _autocast(dtype, images.device):
-            logits = forward_logits(model, images, tokens, one_at_a_time)
+            logits, nt_logits = forward_logits(model, images, tokens, one_at_a_time)
     finally:
         model.train(was_training)
     input_hw = tuple(images.shape[-2:])
@@ -99,4 +138,8 @@ def segment(
     for i in range(logits.shape[0]):
         # Per sample: the same float ops whatever else the batch holds.
         probs += logits_to_probability(logits[i : i + 1], input_hw, inverses[i : i + 1], orig_sizes[i : i + 1])
-    return probs, [binarize(p, threshold) for p in probs]
+    raw = [binarize(p, threshold) for p in probs]
+    if nt_logits is None:
+        return Segmentation(probs, raw, [None] * len(raw), [not m.any() for m in raw])
+    nt_probs = [float(p) for p in nt_logits.float().sigmoid().cpu()]
+    return Segmentation(probs, raw, list(nt_probs), [p > NO_TARGET_THRESHOLD for p in nt_probs])

@@ -145,6 +145,19 @@ def train_batch_metrics(
     return 100.0 * ious.mean(), 100.0 * (ious > pr_iou).float().mean()
 
 
+def sum_over_ranks(vec: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """``vec`` summed over the ranks of ``torch.distributed`` (unchanged when it is not initialised);
+    moved to the current GPU for NCCL, which reduces only CUDA tensors."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return vec
+    if dist.get_backend(group) == "nccl":
+        vec = vec.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(vec, op=dist.ReduceOp.SUM, group=group)
+    return vec
+
+
 class SegmentationMeter:
     """Accumulates mIoU, oIoU and Pr@t over (prediction, ground truth) pairs.
 
@@ -274,15 +287,7 @@ class SegmentationMeter:
 
     def all_reduce(self, group: Any = None) -> SegmentationMeter:
         """Sum the state over all ranks of ``torch.distributed`` (no-op when not initialised)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            device = None
-            if dist.get_backend(group) == "nccl":
-                device = torch.device("cuda", torch.cuda.current_device())
-            vec = self.to_tensor(device)
-            dist.all_reduce(vec, op=dist.ReduceOp.SUM, group=group)
-            self.load_tensor(vec)
+        self.load_tensor(sum_over_ranks(self.to_tensor(), group))
         return self
 
     # -- results ------------------------------------------------------------------------------

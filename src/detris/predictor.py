@@ -25,7 +25,10 @@ from .processing import ProcessingConfig
 from .tokenizer import shared_tokenizer, tokenize
 from .utils import resolve_device
 
-__all__ = ["Prediction", "Predictor", "check_texts"]
+__all__ = ["NO_MATCH", "Prediction", "Predictor", "check_texts"]
+
+#: What a no-target prediction is called in files and on the web page.
+NO_MATCH = "no matching object"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,16 +39,22 @@ class Prediction:
 
     Attributes:
         text: the expression as given.
-        mask: bool ``(H, W)`` at the original image size (EXIF orientation applied).
+        mask: bool ``(H, W)`` at the original image size (EXIF orientation applied); all zero when
+            ``no_target``.
         probability: float32 ``(H, W)``, the probability map the mask thresholds (bicubic
             resampling may take it slightly outside ``[0, 1]``, as in the official evaluation).
         truncated: the expression had more tokens than the model reads (``word_len``) and was cut.
+        no_target: the model found nothing the expression refers to (its no-target head said so, or,
+            for a model without that head, no pixel passed the threshold).
+        no_target_probability: the no-target head's probability; None for a model without that head.
     """
 
     text: str
     mask: np.ndarray
     probability: np.ndarray
     truncated: bool = False
+    no_target: bool = False
+    no_target_probability: float | None = None
 
     @property
     def area(self) -> int:
@@ -178,10 +187,11 @@ class Predictor:
         for start in range(0, len(texts), self.max_batch):
             chunk = tokens[start : start + self.max_batch]
             n = chunk.shape[0]
-            probs, masks = segment(self.model, pixels.expand(n, -1, -1, -1), chunk, [inverse] * n,
-                                   [rgb.shape[:2]] * n, threshold=threshold, dtype=self.dtype)
-            for k in range(n):
-                out.append(Prediction(texts[start + k], masks[k], probs[k], truncated[start + k]))
+            seg = segment(self.model, pixels.expand(n, -1, -1, -1), chunk, [inverse] * n,
+                          [rgb.shape[:2]] * n, threshold=threshold, dtype=self.dtype)
+            for k, mask in enumerate(seg.masks):
+                out.append(Prediction(texts[start + k], mask, seg.probabilities[k], truncated[start + k],
+                                      seg.no_target[k], seg.no_target_probabilities[k]))
         return out
 
     def __repr__(self) -> str:

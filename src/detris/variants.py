@@ -64,6 +64,9 @@ class DetrisConfig:
     decoder_ffn_dim: int = 512
     decoder_dropout: float = 0.1
     head_kernel_size: int = 3
+    # --- optional no-target head (gRefCOCO; off = the official model, its weights and logits)
+    no_target_head: bool = False
+    no_target_weight: float = 0.1  # its BCE beside the mask loss (ReLA weighs its no-target term 0.1)
     # --- input
     image_size: int = 448
 

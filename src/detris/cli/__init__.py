@@ -150,11 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_info_and_conversion(sub)
 
-    p = sub.add_parser("eval", help="evaluate on a REFER dataset with the official protocol")
+    p = sub.add_parser("eval", help="evaluate on a REFER or gRefCOCO dataset with the official protocol")
     _add_model_arguments(p, required=True)
-    p.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog_umd, refcocog_google")
+    p.add_argument("--dataset", required=True,
+                   help="refcoco, refcoco+, refcocog_umd, refcocog_google, grefcoco (GRES metrics)")
     p.add_argument("--split", required=True, help="val, testA, testB, test")
-    p.add_argument("--data-root", required=True, help="folder holding refcoco/, refcoco+/, refcocog/")
+    p.add_argument("--data-root", required=True, help="folder holding refcoco/, refcoco+/, refcocog/, grefcoco/")
     p.add_argument("--image-root", required=True, help="folder holding the COCO train2014 images")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")

@@ -1,4 +1,4 @@
-"""``detris eval``: a model on a REFER split with the official protocol; a table, optionally JSON."""
+"""``detris eval``: a model on a REFER or gRefCOCO split with the official protocol; a table, optionally JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from ..data.images import ImageLoadError
-from ..evaluate import EVAL_DATASETS, METRIC_KEYS, PREDICTIONS_JSONL, evaluate, format_table, json_safe
+from ..evaluate import (
+    EVAL_DATASETS,
+    GRES_METRIC_KEYS,
+    METRIC_KEYS,
+    PREDICTIONS_JSONL,
+    evaluate,
+    format_table,
+    json_safe,
+)
 from ..postprocess import DEFAULT_THRESHOLD
 from ..pretrained import from_pretrained, resolve_model_dir
 from ..registry import REGISTRY
@@ -43,22 +51,26 @@ def _check_images(dataset: Any, image_root: Path, skip_bad: bool) -> list[str]:
     return missing
 
 
-def _load_split(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
-    """The REFER split as a test-mode dataset; every data error raised before the model is loaded."""
-    from ..data.datasets import ReferSegDataset
+def _load_split(args: argparse.Namespace, cfg: Any) -> tuple[str, Any]:
+    """The split as a test-mode dataset and its ``split_by``; every data error raised before the model
+    is loaded."""
+    from ..data.datasets import GReferSegDataset, ReferSegDataset
+    from ..data.grefer import GREFCOCO_FOLDER, GReferDataset
     from ..data.refer import load_refer
 
-    # The REFER loader raises FileNotFoundError naming the missing file and showing the expected layout.
-    refer = load_refer(args.data_root, args.dataset)
-    refer.ref_ids(args.split)  # unknown split -> ValueError listing the available ones
+    # Both loaders raise FileNotFoundError naming the missing file (and the expected layout).
+    source: Any = GReferDataset(args.data_root) if args.dataset == GREFCOCO_FOLDER else load_refer(
+        args.data_root, args.dataset)
+    source.ref_ids(args.split)  # unknown split -> ValueError listing the available ones
     image_root = Path(args.image_root)
     if not image_root.is_dir():
         raise FileNotFoundError(
             f"--image-root {image_root} is not a folder; it must hold the images named by 'file_name' in "
-            f"{refer.instances_path} (COCO train2014 for RefCOCO/+/g)"
+            f"{source.instances_path} (COCO train2014 for RefCOCO/+/g and gRefCOCO)"
         )
-    dataset = ReferSegDataset(
-        refer,
+    kind = GReferSegDataset if args.dataset == GREFCOCO_FOLDER else ReferSegDataset
+    dataset = kind(
+        source,
         args.split,
         mode="test",  # every sentence of every ref, as the official test loop
         image_root=image_root,
@@ -69,7 +81,7 @@ def _load_split(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     missing = _check_images(dataset, image_root, bool(args.skip_bad))
     if missing:
         print(f"warning: {len(missing)} image(s) missing; they will be skipped", file=sys.stderr)
-    return refer, dataset
+    return getattr(source, "split_by", "unc"), dataset
 
 
 def _paper_miou(model: str, dataset: str, split: str) -> float | None:
@@ -81,9 +93,13 @@ def _paper_miou(model: str, dataset: str, split: str) -> float | None:
     return entry.paper_miou.get(key)
 
 
-def _report(args: argparse.Namespace, cfg: Any, refer: Any, result: dict[str, Any]) -> None:
-    print(format_table([{"split": args.split, **result}]))
-    paper = _paper_miou(str(args.model), args.dataset, args.split)
+def _report(args: argparse.Namespace, cfg: Any, split_by: str, generalized: bool, result: dict[str, Any]) -> None:
+    keys = GRES_METRIC_KEYS if generalized else METRIC_KEYS
+    print(format_table([{"split": args.split, **result}], keys))
+    if generalized:
+        print(f"no-target expressions: {result['no_target_expressions']} of {result['expressions']} "
+              f"(TP {result['TP']}, FN {result['FN']}; target: TN {result['TN']}, FP {result['FP']})")
+    paper = None if generalized else _paper_miou(str(args.model), args.dataset, args.split)
     if paper is not None:
         print(f"paper (official README) mIoU for {args.model} on {args.dataset} {args.split}: {paper:.2f}; "
               f"ours {100 * result['mIoU']:.2f}")
@@ -101,13 +117,14 @@ def _report(args: argparse.Namespace, cfg: Any, refer: Any, result: dict[str, An
             "model": str(args.model),
             "variant": cfg.name,
             "dataset": args.dataset,
-            "split_by": refer.split_by,
+            "split_by": split_by,
+            "metrics": "gres" if generalized else "refer",
             "split": args.split,
             "input_size": cfg.image_size,
             "word_len": cfg.word_len,
             "threshold": DEFAULT_THRESHOLD,
             **result,
-            "percent": {k: round(100 * result[k], 2) for k in METRIC_KEYS},
+            "percent": {k: round(100 * result[k], 2) for k in keys},
         }
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +133,7 @@ def _report(args: argparse.Namespace, cfg: Any, refer: Any, result: dict[str, An
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    """``detris eval``: load a model and a REFER split, evaluate, print a table, optionally write JSON.
+    """``detris eval``: load a model and a REFER or gRefCOCO split, evaluate, print a table, optionally JSON.
 
     Every check that can fail on user input (device, model folder, data layout, split, image root)
     runs before the weights are loaded and before any image is decoded.
@@ -134,16 +151,16 @@ def run_eval_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if int(args.workers) < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.dataset not in DATASETS:
+    if args.dataset not in EVAL_DATASETS and args.dataset not in DATASETS:
         raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
     device = resolve_device(args.device)
     model_dir = resolve_model_dir(str(args.model), args.word_len)
     cfg = read_model_dir(model_dir).config
-    refer, dataset = _load_split(args, cfg)
+    split_by, dataset = _load_split(args, cfg)
     model = from_pretrained(model_dir)
     print(
         f"model {args.model} ({cfg.name}, input {cfg.image_size} px, word_len {cfg.word_len}) on {device}; "
-        f"{args.dataset} ({refer.split_by}) {args.split}: {dataset.num_refs} refs, {len(dataset)} expressions",
+        f"{args.dataset} ({split_by}) {args.split}: {dataset.num_refs} refs, {len(dataset)} expressions",
         flush=True,
     )
     try:
@@ -151,5 +168,5 @@ def run_eval_command(args: argparse.Namespace) -> int:
                           save_predictions=args.save_predictions, progress=sys.stderr.isatty())
     except ImageLoadError as exc:
         raise type(exc)(f"{exc}\n(pass --skip-bad to skip unreadable images and list them)") from None
-    _report(args, cfg, refer, result)
+    _report(args, cfg, split_by, dataset.generalized, result)
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import ImageLoadError, load_image
-from ..predictor import Predictor, check_texts
+from ..predictor import NO_MATCH, Predictor, check_texts
 from ..pretrained import resolve_model_dir
 from ..utils import check_output_dir
 
@@ -83,7 +83,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
             mask_name, overlay_name = f"{stem}_{i}_mask.png", f"{stem}_{i}_overlay.png"
             if not cv2.imwrite(str(out_dir / mask_name), p.mask.astype(np.uint8) * 255):
                 raise OSError(f"could not write {out_dir / mask_name}")
-            render_overlay(rgb, p.mask, p.text).save(out_dir / overlay_name)
+            caption = f"{p.text} ({NO_MATCH})" if p.no_target else p.text
+            render_overlay(rgb, p.mask, caption).save(out_dir / overlay_name)
             entries.append({
                 "index": i,
                 "text": p.text,
@@ -93,6 +94,10 @@ def run_predict_command(args: argparse.Namespace) -> int:
                 "area_fraction": p.area / float(p.mask.size),
                 "max_probability": float(np.max(p.probability)) if p.probability.size else math.nan,
                 "truncated": p.truncated,
+                # Said in words, so that an all-zero mask is never mistaken for a failed write.
+                "result": NO_MATCH if p.no_target else "object found",
+                "no_target": p.no_target,
+                "no_target_probability": p.no_target_probability,
             })
         records.append({"image": str(path), "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
                         "predictions": entries})

@@ -22,7 +22,12 @@ key              value                                        notes
 ``ref_id``       int or str                                   the object; ``sent_id``: the sentence
 ``sentence``     str                                          the stripped expression
 ``dataset``      str                                          e.g. ``refcoco``; ``image_path``: str
+``no_target``    bool                                         the expression refers to nothing (gRefCOCO)
 ===============  ===========================================  ========================================
+
+Generalized data (`GReferSegDataset`, JSONL with ``no_target`` lines): an expression may refer to
+several objects (``mask`` is the union of theirs) or to none (``mask`` all zero, ``no_target`` true).
+Such datasets have ``generalized = True``, which makes `detris.evaluate` score them with the GRES metrics.
 
 The official training item is ``(image, tokens, mask)``; the official validation item carries the
 path of the original-size mask PNG plus ``inverse`` and ``ori_size``, and the test item all sentences of
@@ -38,6 +43,7 @@ lists it in ``batch["skipped"]``. A batch whose items were all skipped collates 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -50,12 +56,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .grefer import GREFCOCO_FOLDER, GReferDataset
 from .images import ImageLoadError, load_image
 from .refer import ReferDataset, load_refer, segmentation_to_mask
 from .transforms import letterbox_image, letterbox_mask, normalize_image
 
 __all__ = [
     "MIXED_DATASETS",
+    "GReferSegDataset",
     "JsonlSegDataset",
     "MixedReferDataset",
     "ReferSegDataset",
@@ -81,6 +89,7 @@ class _Entry:
     dataset: str
     expected_hw: tuple[int, int] | None = None  # size promised by the annotation, if any
     mask_spec: Any = None  # subclass-specific description of the mask
+    no_target: bool = False  # the sentences refer to nothing in the image
 
 
 def _default_tokenizer() -> Tokenizer:
@@ -92,6 +101,11 @@ def _default_tokenizer() -> Tokenizer:
 
 class _ExpressionDataset(Dataset):
     """Shared item pipeline; subclasses fill ``self._entries`` and implement `_load_mask`."""
+
+    #: Whether expressions may refer to several objects or to none (scored with the GRES metrics).
+    generalized: bool = False
+    #: The dataset's name, as items carry it in ``dataset``.
+    name: str = ""
 
     def __init__(
         self,
@@ -142,10 +156,7 @@ class _ExpressionDataset(Dataset):
                 # The official preprocessing strips every sentence before tokenising.
                 kept.append((sent_id, text.strip()))
             if kept:
-                checked.append(
-                    _Entry(entry.ref_id, entry.image_path, tuple(kept), entry.dataset, entry.expected_hw,
-                           entry.mask_spec)
-                )
+                checked.append(dataclasses.replace(entry, sentences=tuple(kept)))
         self._entries = checked
         if self.mode == "test":
             self._items = [(e, s) for e, entry in enumerate(self._entries) for s in range(len(entry.sentences))]
@@ -241,6 +252,7 @@ class _ExpressionDataset(Dataset):
             "sentence": sentence,
             "dataset": entry.dataset,
             "image_path": entry.image_path,
+            "no_target": entry.no_target,
         }
         if self.mode != "train":
             item["mask_orig"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))
@@ -282,6 +294,7 @@ class ReferSegDataset(_ExpressionDataset):
         mode = mode or ("train" if split == "train" else "test")
         super().__init__(mode, input_size, word_len, tokenizer, seed, skip_bad, empty_sentences)
         self.refer = refer
+        self.name = refer.dataset
         self.split = split
         self.image_root = Path(image_root)
         for ref_id in refer.ref_ids(split):
@@ -315,25 +328,23 @@ class ReferSegDataset(_ExpressionDataset):
         )
 
 
-class MixedReferDataset(Dataset):
-    """The official "mixed" set of the DETRIS-L* config: RefCOCO (unc) + RefCOCO+ (unc) + RefCOCOg (umd).
-
-    ``split='train'`` concatenates the three train splits (42404 + 42278 + 42226 = 126908 refs upstream);
-    ``split='val'`` concatenates the three ``val`` splits (3811 + 3805 + 2573 = 10189 refs), which is what
-    the official ``tools/mix.py`` builds and the mixed config validates on (first sentence per ref).
-    Parts are concatenated in that order. ``ref_id`` repeats across parts, so items carry ``dataset``.
+class GReferSegDataset(_ExpressionDataset):
+    """Items of one split of gRefCOCO: an expression refers to one object, several (the ground truth is
+    the union of their masks) or none (an all-zero mask and ``no_target`` true).
 
     Args:
-        source: ``DATA_ROOT`` (the three datasets are loaded from it) or three loaded `ReferDataset`.
-        split: ``train`` or ``val`` (any split all parts have works).
-        mode: as in `ReferSegDataset`; defaults to ``train`` for the train split and ``val`` otherwise.
-        Other arguments: as in `ReferSegDataset`.
+        grefer: a loaded `detris.data.grefer.GReferDataset`.
+        split: ``train``, ``val``, ``testA`` or ``testB``; an unknown split raises and lists the others.
+        Other arguments: as in `ReferSegDataset` (``mode`` defaults to ``train`` for the train split and
+            ``test`` -- one item per sentence, ReLA's evaluation samples -- otherwise).
     """
+
+    generalized = True
 
     def __init__(
         self,
-        source: PathLike | Sequence[ReferDataset],
-        split: str = "train",
+        grefer: GReferDataset,
+        split: str,
         mode: str | None = None,
         image_root: PathLike = ".",
         input_size: int = 448,
@@ -343,19 +354,92 @@ class MixedReferDataset(Dataset):
         skip_bad: bool = False,
         empty_sentences: str = "error",
     ) -> None:
+        mode = mode or ("train" if split == "train" else "test")
+        super().__init__(mode, input_size, word_len, tokenizer, seed, skip_bad, empty_sentences)
+        self.grefer = grefer
+        self.name = GREFCOCO_FOLDER
+        self.split = split
+        self.image_root = Path(image_root)
+        for ref_id in grefer.ref_ids(split):
+            ref = grefer.refs[ref_id]
+            info = grefer.images[int(ref["image_id"])]
+            sentences = [(s.get("sent_id", k), s.get("sent", s.get("raw", ""))) for k, s in enumerate(ref["sentences"])]
+            self._entries.append(
+                _Entry(
+                    ref_id=ref_id,
+                    image_path=str(self.image_root / str(info["file_name"])),
+                    sentences=tuple(sentences),
+                    dataset=self.name,
+                    expected_hw=(int(info["height"]), int(info["width"])),
+                    mask_spec=ref_id,
+                    no_target=grefer.is_no_target(ref_id),
+                )
+            )
+        self._finalize(f"{grefer.refs_path} [{split}]")
+
+    def _load_mask(self, entry: _Entry, height: int, width: int) -> np.ndarray:
+        return self.grefer.get_mask(entry.mask_spec)
+
+    @property
+    def num_no_target(self) -> int:
+        """Expressions (over all sentences) that refer to nothing."""
+        return sum(len(e.sentences) for e in self._entries if e.no_target)
+
+    def __repr__(self) -> str:
+        return (
+            f"GReferSegDataset(split={self.split!r}, mode={self.mode!r}, refs={self.num_refs}, items={len(self)}, "
+            f"no_target_expressions={self.num_no_target}, input_size={self.input_size}, word_len={self.word_len})"
+        )
+
+
+class MixedReferDataset(Dataset):
+    """The official "mixed" set of the DETRIS-L* config: RefCOCO (unc) + RefCOCO+ (unc) + RefCOCOg (umd),
+    optionally with gRefCOCO (``names=(*MIXED_DATASETS, "grefcoco")``).
+
+    ``split='train'`` concatenates the three train splits (42404 + 42278 + 42226 = 126908 refs upstream);
+    ``split='val'`` concatenates the three ``val`` splits (3811 + 3805 + 2573 = 10189 refs), which is what
+    the official ``tools/mix.py`` builds and the mixed config validates on (first sentence per ref).
+    Parts are concatenated in that order. ``ref_id`` repeats across parts, so items carry ``dataset``.
+    With a gRefCOCO part the set is ``generalized`` (scored with the GRES metrics).
+
+    Args:
+        source: ``DATA_ROOT`` (the parts named by ``names`` are loaded from it) or loaded `ReferDataset` /
+            `GReferDataset` objects.
+        split: ``train`` or ``val`` (any split all parts have works).
+        mode: as in `ReferSegDataset`; defaults to ``train`` for the train split and ``val`` otherwise.
+        names: the parts to load from a ``DATA_ROOT``: REFER dataset names and ``grefcoco``.
+        Other arguments: as in `ReferSegDataset`.
+    """
+
+    def __init__(
+        self,
+        source: PathLike | Sequence[ReferDataset | GReferDataset],
+        split: str = "train",
+        mode: str | None = None,
+        image_root: PathLike = ".",
+        input_size: int = 448,
+        word_len: int = 17,
+        tokenizer: Tokenizer | None = None,
+        seed: int = 0,
+        skip_bad: bool = False,
+        empty_sentences: str = "error",
+        names: Sequence[str] = MIXED_DATASETS,
+    ) -> None:
+        sources: list[ReferDataset | GReferDataset]
         if isinstance(source, (str, os.PathLike)):
-            refers = [load_refer(source, name) for name in MIXED_DATASETS]
+            sources = [GReferDataset(source) if name == GREFCOCO_FOLDER else load_refer(source, name) for name in names]
         else:
-            refers = list(source)
+            sources = list(source)
         mode = mode or ("train" if split == "train" else "val")
         tokenizer = tokenizer if tokenizer is not None else _default_tokenizer()
         self.split = split
         self.mode = mode
-        self.parts: list[ReferSegDataset] = [
-            ReferSegDataset(r, split, mode, image_root, input_size, word_len, tokenizer, seed, skip_bad,
-                            empty_sentences)
-            for r in refers
-        ]
+        self.parts: list[_ExpressionDataset] = []
+        for src in sources:
+            kind = GReferSegDataset if isinstance(src, GReferDataset) else ReferSegDataset
+            self.parts.append(kind(src, split, mode, image_root, input_size, word_len, tokenizer,  # type: ignore[arg-type]
+                                   seed, skip_bad, empty_sentences))
+        self.generalized = any(p.generalized for p in self.parts)
         self._offsets = np.cumsum([0] + [len(p) for p in self.parts])
 
     def __len__(self) -> int:
@@ -393,7 +477,7 @@ class MixedReferDataset(Dataset):
         return sum(p.num_expressions for p in self.parts)
 
     def __repr__(self) -> str:
-        names = ", ".join(f"{p.refer.dataset}:{len(p)}" for p in self.parts)
+        names = ", ".join(f"{p.name}:{len(p)}" for p in self.parts)
         return f"MixedReferDataset(split={self.split!r}, mode={self.mode!r}, parts=[{names}])"
 
 
@@ -427,6 +511,51 @@ def _read_mask_png(path: Path) -> np.ndarray:
     return (arr >= half).astype(np.uint8)
 
 
+def _parse_mask_field(kind: str, value: Any, where: str, base: Path) -> tuple[str, Any]:
+    """Check one JSONL mask field; returns ``(kind, value)`` with mask paths resolved against ``base``
+    and ``mask`` / ``rle`` as lists (several = the union: a multi-target expression)."""
+    if kind == "mask":
+        paths = [value] if isinstance(value, str) else value
+        if not isinstance(paths, list) or not paths or not all(isinstance(v, str) and v for v in paths):
+            raise ValueError(f"{where}: 'mask' must be a path string to a PNG mask, or a non-empty list of them")
+        return "mask", [str(base / v) for v in paths]
+    if kind == "polygon":
+        ok = isinstance(value, list) and value and all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+            for p in value
+        )
+        if not ok:
+            raise ValueError(
+                f"{where}: 'polygon' must be a list of polygons [[x0, y0, x1, y1, x2, y2, ...], ...], "
+                f"each with an even number (>= 6) of numbers"
+            )
+        return "polygon", value
+    rles = [value] if isinstance(value, dict) else value
+    if not isinstance(rles, list) or not rles:
+        raise ValueError(f"{where}: 'rle' must be an RLE object or a non-empty list of them")
+    for rle in rles:
+        _check_rle(rle, where)
+    if len({tuple(r["size"]) for r in rles}) > 1:
+        raise ValueError(f"{where}: the RLEs of one line must have the same size, got {[r['size'] for r in rles]}")
+    return "rle", rles
+
+
+def _check_rle(value: Any, where: str) -> None:
+    size: Any = value.get("size") if isinstance(value, dict) else None
+    counts: Any = value.get("counts") if isinstance(value, dict) else None
+    ok_size = isinstance(size, list) and len(size) == 2 and all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
+    )
+    ok_counts = isinstance(counts, str) or (
+        isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
+    )
+    if not (ok_size and ok_counts):
+        raise ValueError(f"{where}: 'rle' must be {{\"size\": [h, w], \"counts\": [ints] or \"compressed string\"}}")
+    if isinstance(counts, list) and sum(counts) != size[0] * size[1]:
+        raise ValueError(f"{where}: uncompressed RLE counts sum to {sum(counts)}, expected h*w = {size[0] * size[1]}")
+
+
 class JsonlSegDataset(_ExpressionDataset):
     """Referring-segmentation data in a simple JSON-lines file.
 
@@ -435,6 +564,8 @@ class JsonlSegDataset(_ExpressionDataset):
         {"image": "images/cat.jpg", "sentence": "the cat on the left", "mask": "masks/cat_left.png"}
         {"image": "images/cat.jpg", "sentence": "right cat", "polygon": [[10, 20, 50, 20, 50, 80, 10, 80]]}
         {"image": "/data/dog.png", "sentences": ["brown dog", "the dog"], "rle": {"size": [480, 640], "counts": "..."}, "id": "dog-1"}
+        {"image": "images/cat.jpg", "sentence": "both cats", "mask": ["masks/cat_left.png", "masks/cat_right.png"]}
+        {"image": "images/cat.jpg", "sentence": "the purple dog", "no_target": true}
 
     Fields:
 
@@ -445,7 +576,11 @@ class JsonlSegDataset(_ExpressionDataset):
       ``mask``: path of a PNG (0/1 or 0/255 grey, or a palette PNG where any non-zero index is the
       object; grey values >= 128 count as foreground); ``polygon``: a list of polygons, each
       ``[x0, y0, x1, y1, ...]`` in pixels (COCO convention, at least 3 points); ``rle``: a COCO RLE
-      ``{"size": [h, w], "counts": [...] | "..."}`` (uncompressed or compressed).
+      ``{"size": [h, w], "counts": [...] | "..."}`` (uncompressed or compressed). An expression that
+      refers to several objects gives a list of ``mask`` paths, of ``rle`` objects, or several polygons:
+      its ground truth is their union.
+    * or ``"no_target": true`` and no mask: the expression refers to nothing in the image (its ground
+      truth is empty). A file with such a line is ``generalized``: evaluated with the GRES metrics.
     * ``id`` (optional): reported as ``ref_id``; defaults to the line number. ``sent_id`` is the index
       of the sentence within the line.
 
@@ -474,6 +609,8 @@ class JsonlSegDataset(_ExpressionDataset):
     ) -> None:
         super().__init__(mode, input_size, word_len, tokenizer, seed, skip_bad, empty_sentences)
         self.path = Path(path)
+        self.name = self.path.stem
+        self.generalized = False  # set by the first "no_target" line
         if not self.path.is_file():
             raise FileNotFoundError(f"JSONL annotation file not found: {self.path}")
         base = self.path.parent
@@ -497,7 +634,7 @@ class JsonlSegDataset(_ExpressionDataset):
             raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(rec, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        known = {"image", "sentence", "sentences", "mask", "polygon", "rle", "id"}
+        known = {"image", "sentence", "sentences", "mask", "polygon", "rle", "id", "no_target"}
         unknown = sorted(set(rec) - known)
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
@@ -520,60 +657,54 @@ class JsonlSegDataset(_ExpressionDataset):
                     f"pass empty_sentences='drop'"
                 )
 
+        no_target = rec.get("no_target", False)
+        if not isinstance(no_target, bool):
+            raise ValueError(f"{where}: 'no_target' must be true or false")
         kinds = [k for k in ("mask", "polygon", "rle") if k in rec]
-        if len(kinds) != 1:
-            raise ValueError(f"{where}: give exactly one of 'mask', 'polygon' or 'rle' (got {kinds or 'none'})")
-        kind = kinds[0]
-        value = rec[kind]
-        if kind == "mask":
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{where}: 'mask' must be a path string to a PNG mask")
-            spec: tuple[str, Any] = ("mask", str(base / value))
-        elif kind == "polygon":
-            ok = isinstance(value, list) and value and all(
-                isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
-                for p in value
-            )
-            if not ok:
-                raise ValueError(
-                    f"{where}: 'polygon' must be a list of polygons [[x0, y0, x1, y1, x2, y2, ...], ...], "
-                    f"each with an even number (>= 6) of numbers"
-                )
-            spec = ("polygon", value)
+        expected_hw: tuple[int, int] | None = None
+        if no_target:
+            if kinds:
+                raise ValueError(f"{where}: a 'no_target' line refers to nothing, so it has no {kinds[0]!r}")
+            spec: tuple[Any, ...] = (lineno, "none", None)
         else:
-            size: Any = value.get("size") if isinstance(value, dict) else None
-            counts: Any = value.get("counts") if isinstance(value, dict) else None
-            ok_size = isinstance(size, list) and len(size) == 2 and all(
-                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
-            )
-            ok_counts = isinstance(counts, str) or (
-                isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
-            )
-            if not (ok_size and ok_counts):
+            if len(kinds) != 1:
                 raise ValueError(
-                    f"{where}: 'rle' must be {{\"size\": [h, w], \"counts\": [ints] or \"compressed string\"}}"
+                    f"{where}: give exactly one of 'mask', 'polygon' or 'rle' (got {kinds or 'none'}), "
+                    f"or \"no_target\": true for an expression that refers to nothing"
                 )
-            if isinstance(counts, list) and sum(counts) != size[0] * size[1]:
-                raise ValueError(
-                    f"{where}: uncompressed RLE counts sum to {sum(counts)}, expected h*w = {size[0] * size[1]}"
-                )
-            spec = ("rle", value)
-
+            kind, value = kinds[0], rec[kinds[0]]
+            spec = (lineno, *_parse_mask_field(kind, value, where, base))
+            if kind == "rle":
+                size = spec[2][0]["size"]
+                expected_hw = (int(size[0]), int(size[1]))
+        self.generalized = self.generalized or no_target
         return _Entry(
             ref_id=ref_id,
             image_path=str(img_base / image),  # an absolute `image` replaces the base
             sentences=tuple(enumerate(texts)),
             dataset=self.path.stem,
-            expected_hw=tuple(value["size"]) if kind == "rle" else None,
-            mask_spec=(lineno,) + spec,
+            expected_hw=expected_hw,
+            mask_spec=spec,
+            no_target=no_target,
         )
 
     def _load_mask(self, entry: _Entry, height: int, width: int) -> np.ndarray:
         lineno, kind, value = entry.mask_spec
+        if kind == "none":
+            return np.zeros((height, width), np.uint8)
         if kind == "mask":
-            return _read_mask_png(Path(value))
+            masks = [_read_mask_png(Path(v)) for v in value]
+            for path, m in zip(value, masks):
+                if m.shape != masks[0].shape:
+                    raise ImageLoadError(f"{self.path}:{lineno}: mask {path} is {m.shape[0]}x{m.shape[1]}, "
+                                         f"the line's first mask {masks[0].shape[0]}x{masks[0].shape[1]}")
+            return np.bitwise_or.reduce(masks) if len(masks) > 1 else masks[0]
         try:
+            if kind == "rle":
+                out = np.zeros((height, width), np.uint8)
+                for rle in value:
+                    out |= segmentation_to_mask(rle, height, width, strict=True)
+                return out
             return segmentation_to_mask(value, height, width, strict=True)
         except ValueError as exc:
             raise ValueError(f"{self.path}:{lineno}: {exc}") from exc

@@ -7,6 +7,7 @@ from .detris import DETRIS, segmentation_loss
 from .dinov2 import DinoVisionTransformer
 from .head import Projector
 from .neck import Neck
+from .no_target import NoTargetHead, no_target_loss
 
 __all__ = [
     "DETRIS",
@@ -15,7 +16,9 @@ __all__ = [
     "DenseAligner",
     "DinoVisionTransformer",
     "Neck",
+    "NoTargetHead",
     "Projector",
     "TextAdapter",
+    "no_target_loss",
     "segmentation_loss",
 ]

@@ -13,6 +13,7 @@ from .decoder import Decoder
 from .dinov2 import DinoVisionTransformer
 from .head import Projector
 from .neck import Neck
+from .no_target import NoTargetHead, no_target_loss
 
 if TYPE_CHECKING:
     from ..processing import ProcessingConfig
@@ -32,6 +33,9 @@ class DETRIS(nn.Module):
         feature_layers: 0-based ViT blocks whose raw outputs are the first two of the neck's three maps
             (the third is the final normalised output).
         word_len: the token length the model works with (the official causal mask is word_len x word_len).
+        no_target_head: the optional "refers to nothing" classifier (gRefCOCO); None, the default, is the
+            official model.
+        no_target_weight: weight of its loss beside the mask loss.
     """
 
     #: The sizes this model was built from (set by ``build_model``).
@@ -50,6 +54,8 @@ class DETRIS(nn.Module):
         proj: Projector,
         feature_layers: tuple[int, ...],
         word_len: int,
+        no_target_head: NoTargetHead | None = None,
+        no_target_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.txt_backbone = txt_backbone
@@ -59,6 +65,8 @@ class DETRIS(nn.Module):
         self.proj = proj
         self.feature_layers = tuple(feature_layers)
         self.word_len = word_len
+        self.no_target_head = no_target_head
+        self.no_target_weight = float(no_target_weight)
         self.processing = None
         self.base_weights = None
 
@@ -73,8 +81,9 @@ class DETRIS(nn.Module):
         return mods
 
     def trainable_modules(self) -> list[nn.Module]:
-        """The modules DETRIS trains: adapters, neck, decoder and head."""
-        return self.adapter_modules() + [self.neck, self.decoder, self.proj]
+        """The modules DETRIS trains: adapters, neck, decoder and head (and the no-target head)."""
+        extra = [self.no_target_head] if self.no_target_head is not None else []
+        return self.adapter_modules() + [self.neck, self.decoder, self.proj, *extra]
 
     def freeze_backbones(self) -> DETRIS:
         """Freeze both towers except their adapters; everything else trains (the official split)."""
@@ -186,23 +195,42 @@ class DETRIS(nn.Module):
         dec = self.decoder(fq, words, tokens == 0)
         return {"words": words, "sentence": sentence, "maps": maps, "neck": fq, "decoder": dec}
 
-    def forward(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, images: Tensor, tokens: Tensor, mask: Tensor | None = None, no_target: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Segment the object each expression refers to.
 
         Args:
             images: (N, 3, H, W) float, normalised with the CLIP mean/std; H, W multiples of 14.
             tokens: (N, word_len) int64 from ``detris.tokenize`` (0 = padding).
             mask: optional (N, 1, H', W') target in [0, 1]; in training mode the loss is returned too.
+            no_target: optional (N,) bool labels "the expression refers to nothing", for the no-target
+                head's loss; default: an all-zero ``mask``.
 
         Returns:
             logits (N, 1, 4H/14, 4W/14); with ``mask`` in training mode ``(logits, loss)`` where loss is
-            binary cross-entropy against the mask resized with legacy "nearest" to the logits' size.
+            binary cross-entropy against the mask resized with legacy "nearest" to the logits' size
+            (plus ``no_target_weight`` x the no-target head's BCE when the model has one).
         """
         stages = self.encode(images, tokens)
         logits = self.proj(stages["decoder"], stages["sentence"])
         if mask is None or not self.training:
             return logits
-        return logits, segmentation_loss(logits, mask)
+        loss = segmentation_loss(logits, mask)
+        if self.no_target_head is not None:
+            if no_target is None:
+                no_target = mask.flatten(1).amax(1) <= 0
+            nt_logits = self.no_target_head(stages["decoder"], stages["sentence"], logits)
+            loss = loss + self.no_target_weight * no_target_loss(nt_logits, no_target)
+        return logits, loss
+
+    def forward_with_no_target(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Mask logits (N, 1, h, w) and the no-target head's logits (N,), or None without that head."""
+        stages = self.encode(images, tokens)
+        logits = self.proj(stages["decoder"], stages["sentence"])
+        if self.no_target_head is None:
+            return logits, None
+        return logits, self.no_target_head(stages["decoder"], stages["sentence"], logits)
 
 
 def segmentation_loss(logits: Tensor, mask: Tensor) -> Tensor:

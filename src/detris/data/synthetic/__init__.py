@@ -24,9 +24,17 @@ reading ("above" = the vertical offset dominates) picks the same object.
 Everything is a pure function of ``(seed, index)``: scene ``i`` is the same whatever else is generated.
 :func:`write_refer_layout` writes scenes in the REFER layout of the real benchmarks
 (``instances.json`` + ``refs(unc).p`` + an image folder), so the same loader reads both.
+
+Generalized scenes (gRefCOCO): `write_grefcoco_layout` adds, per image, refs to several objects and
+refs to none (`detris.data.synthetic.groups`)::
+
+    all the [size] [colour] NOUNS        "all the red shapes"
+    both / the two|three... NOUNS        "both circles", "the three large shapes"
+    the two NOUNS SIDE                   "the two squares on the left"   (ahead of the third by the margin)
+    the [size] COLOUR SHAPE              "the purple star": fits no object of the image (no target)
 """
 from .expressions import RELATIONS, SIDES, SUPERLATIVES
-from .refer_writer import ReferLayout, write_refer_layout
+from .refer_writer import ReferLayout, write_grefcoco_layout, write_refer_layout
 from .scenes import SyntheticScenes
 from .shapes import COLORS, SHAPES, SIZES, Scene, SceneObject
 
@@ -42,4 +50,5 @@ __all__ = [
     "SyntheticScenes",
     "ReferLayout",
     "write_refer_layout",
+    "write_grefcoco_layout",
 ]

@@ -9,8 +9,8 @@ import numpy as np
 
 from .shapes import SceneObject
 
-__all__ = ["SUPERLATIVES", "SIDES", "RELATIONS", "Descriptor", "candidate_expressions", "shortest_unique",
-           "pick_expressions"]
+__all__ = ["SUPERLATIVES", "SIDES", "RELATIONS", "Descriptor", "candidate_expressions", "descriptors", "matches",
+           "shortest_unique", "pick_expressions"]
 
 SUPERLATIVES: tuple[str, ...] = ("leftmost", "rightmost", "topmost", "bottommost")
 SIDES: tuple[str, ...] = ("on the left", "on the right", "at the top", "at the bottom")
@@ -34,14 +34,15 @@ def _describe(desc: Descriptor) -> str:
     return " ".join(w for w in (size, color, shape or "shape") if w)
 
 
-def _matches(desc: Descriptor, obj: SceneObject) -> bool:
+def matches(desc: Descriptor, obj: SceneObject) -> bool:
+    """Whether ``obj`` has every attribute ``desc`` names (None = any)."""
     size, color, shape = desc
     return (size is None or size == obj.size) and (color is None or color == obj.color) and (
         shape is None or shape == obj.shape
     )
 
 
-def _descriptors(obj: SceneObject) -> list[Descriptor]:
+def descriptors(obj: SceneObject) -> list[Descriptor]:
     """All 8 attribute subsets that describe ``obj`` (from bare "shape" to size+colour+shape)."""
     out = []
     for use_size, use_color, use_shape in itertools.product((False, True), repeat=3):
@@ -60,9 +61,9 @@ def candidate_expressions(
     """
     target = objects[t]
     out: dict[str, list[str]] = {"attribute": [], "superlative": [], "side": [], "relation": []}
-    matching = {desc: [i for i, o in enumerate(objects) if _matches(desc, o)]
-                for desc in _descriptors(target)}
-    for desc in _descriptors(target):
+    matching = {desc: [i for i, o in enumerate(objects) if matches(desc, o)]
+                for desc in descriptors(target)}
+    for desc in descriptors(target):
         group = matching[desc]
         if desc != (None, None, None) and group == [t]:
             out["attribute"].append(f"the {_describe(desc)}")
@@ -86,7 +87,7 @@ def candidate_expressions(
         if anchor_desc is None:
             continue
         for word, (axis, sign) in _RELATION_AXIS.items():
-            for desc in _descriptors(target):
+            for desc in descriptors(target):
                 group = [i for i in matching[desc] if i != a]
                 definite, possible = [], []
                 for i in group:
@@ -107,10 +108,10 @@ def shortest_unique(objects: list[SceneObject], a: int) -> Descriptor | None:
     """The attribute-only description with the fewest words that picks out ``objects[a]`` alone."""
     best: Descriptor | None = None
     best_len = 99
-    for desc in _descriptors(objects[a]):
+    for desc in descriptors(objects[a]):
         if desc == (None, None, None):
             continue
-        if [i for i, o in enumerate(objects) if _matches(desc, o)] != [a]:
+        if [i for i, o in enumerate(objects) if matches(desc, o)] != [a]:
             continue
         n_words = sum(d is not None for d in desc)
         if n_words < best_len:

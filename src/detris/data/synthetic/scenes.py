@@ -9,7 +9,8 @@ from .shapes import COLORS, REACH, SHAPES, SIZES, Scene, SceneObject, draw_shape
 
 __all__ = ["SyntheticScenes"]
 
-_SPATIAL_MARGIN = 0.07  # margin of spatial words, fraction of the shorter image side
+#: Margin of spatial words, fraction of the shorter image side.
+SPATIAL_MARGIN = 0.07
 _GAP = 0.03  # minimum free space between two objects, fraction of the shorter image side
 
 
@@ -155,7 +156,7 @@ class SyntheticScenes:
                 )
             )
 
-        margin = _SPATIAL_MARGIN * side
+        margin = SPATIAL_MARGIN * side
         anchor_descs = [shortest_unique(objects, a) for a in range(len(objects))]
         for t, obj in enumerate(objects):
             candidates = candidate_expressions(objects, t, margin, anchor_descs)
