@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -293,6 +294,18 @@ def test_predict_cli_says_no_matching_object(tmp_path, capsys):
     assert entry["no_target_probability"] > 0.99
 
 
+def test_web_page_says_no_matching_object(tmp_path):
+    from detris.app import segment as app_segment
+
+    model = random_tiny_model(INPUT_SIZE, no_target_head=True)
+    with torch.no_grad():
+        model.no_target_head.mlp[2].bias.fill_(20.0)
+    cv2.imwrite(str(tmp_path / "img.png"), np.full((50, 70, 3), 90, np.uint8))
+    overlays, status = app_segment(Predictor(model, device="cpu"), str(tmp_path / "img.png"), "the purple star")
+    assert f"the purple star: {NO_MATCH} (no-target probability 1.00)" in status
+    assert overlays[0][1] == f"the purple star ({NO_MATCH})"
+
+
 # ------------------------------------------------------------------------------------------ eval
 
 
@@ -358,3 +371,49 @@ def test_eval_grefcoco_end_to_end_recomputes(glayout, tmp_path, capsys, head):
     assert report["metrics"] == "gres" and report["no_target_expressions"] == expected["TP"] + expected["FN"] > 0
     if head:
         assert expected["TP"] + expected["FP"] > 0 and expected["TN"] + expected["FN"] > 0
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def test_export_with_the_head_has_a_second_output(tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from detris.export import export_model, read_metadata
+
+    model = random_tiny_model(INPUT_SIZE, no_target_head=True)
+    images, tokens = torch.randn(3, 3, INPUT_SIZE, INPUT_SIZE), torch.randint(1, 400, (3, 17))
+    with torch.no_grad():
+        logits, nt = model.forward_with_no_target(images, tokens)
+    path = export_model(model, "onnx", tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "no_target_logits"]
+    got_logits, got_nt = session.run(None, {"images": images.numpy(), "tokens": tokens.numpy()})
+    np.testing.assert_allclose(got_logits, logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got_nt, nt.numpy(), atol=1e-4)
+    assert "no_target_logits" in read_metadata(path)["outputs"]
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_generalized_synthetic_training_validates_with_gres_metrics(tmp_path):
+    from detris.engine import loop
+    from detris.engine.config import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    overrides = [
+        "model.overrides={image_size: 56, no_target_head: true}", "data.synthetic.train_images=6",
+        "data.synthetic.val_images=2", "data.synthetic.image_size=[64, 64]", "data.synthetic.max_objects=3",
+        "train.batch_size=4", "train.epochs=1", "train.max_steps=2", "train.max_minutes=null", "train.num_threads=1",
+        "output.progress=false", "output.plot=false", "output.tensorboard=false", f"output.dir={tmp_path}",
+    ]
+    cfg = load_config(configs / "synthetic-gres-tiny.yaml", overrides)
+    assert cfg.data.synthetic.generalized and cfg.model.overrides["no_target_head"]
+    torch.manual_seed(0)
+    summary = loop.train(cfg)
+    assert set(summary["last_val"]) == {"gIoU", "cIoU", "N-acc", "T-acc", "Pr@70", "Pr@80", "Pr@90", "count"}
+    assert "gIoU" in summary["best"] and (tmp_path / "best" / "config.json").is_file()
+    weights = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["weights"]
+    assert any(k.startswith("no_target_head.") for k in weights)  # trained and checkpointed with the rest
+    assert json.loads((tmp_path / "data" / "grefcoco" / "grefs(unc).json").read_text())

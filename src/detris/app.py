@@ -220,7 +220,7 @@ def segment(
         share = 100.0 * p.area / float(p.mask.size)
         note = f"{share:.1f} % of the image"
         if p.no_target:
-            note = NO_MATCH if p.no_target_probability is None else (
+            note = f"{NO_MATCH} (nothing above the threshold)" if p.no_target_probability is None else (
                 f"{NO_MATCH} (no-target probability {p.no_target_probability:.2f})")
         if p.truncated:
             note += f"; cut to the model's {predictor.word_len} tokens"

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .inference import NO_TARGET_THRESHOLD
 from .processing import ProcessingConfig
 from .utils import atomic_write_with_side_files
 
@@ -63,6 +64,8 @@ ONNX_OPSET = 20
 PT2_METADATA_NAME = "detris.json"
 INPUT_NAMES = ("images", "tokens")
 OUTPUT_NAME = "logits"
+#: The second output of a model with the no-target head: (B,) logits that the expression refers to nothing.
+NO_TARGET_OUTPUT_NAME = "no_target_logits"
 # A protobuf message cannot exceed 2 GiB; above this many bytes of weights the ONNX tensors go to a
 # side file ``<out>.data`` (every named variant, DETRIS-L* at 1.7 GB included, fits in one file).
 _SINGLE_FILE_LIMIT = int(1.8 * 2**30)
@@ -171,13 +174,17 @@ def _check_model(model: nn.Module) -> Any:
 
 
 class _LogitsGraph(nn.Module):
-    """The part of ``DETRIS.forward`` that is exported: (images, tokens) -> logits, no loss branch."""
+    """The part of ``DETRIS.forward`` that is exported: (images, tokens) -> logits, no loss branch; a
+    model with the no-target head also returns its logits."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.with_no_target = getattr(model, "no_target_head", None) is not None
 
-    def forward(self, images: Tensor, tokens: Tensor) -> Tensor:
+    def forward(self, images: Tensor, tokens: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        if self.with_no_target:
+            return self.model.forward_with_no_target(images, tokens)  # type: ignore[operator]
         return self.model(images, tokens)
 
 
@@ -231,7 +238,9 @@ def export_metadata(config: Any, batch_size: int | None, processing: ProcessingC
             "(cv2.warpAffine cubic of the uint8 image, border = mean * 255), then (x / 255 - mean) / std; "
             f"tokens: int64 ({b}, {word_len}), CLIP BPE ids, 0 = padding"
         ),
-        "outputs": f"logits: float32 ({b}, 1, {side}, {side}), before the sigmoid",
+        "outputs": f"logits: float32 ({b}, 1, {side}, {side}), before the sigmoid" + (
+            f"; {NO_TARGET_OUTPUT_NAME}: float32 ({b},), before the sigmoid: the expression refers to nothing "
+            f"when sigmoid > {NO_TARGET_THRESHOLD} (then the mask is empty)" if config.no_target_head else ""),
         "mean": json.dumps(list(proc.mean)),
         "std": json.dumps(list(proc.std)),
         "threshold": str(proc.threshold),
@@ -271,7 +280,7 @@ def _dynamic_shapes(batch_size: int | None) -> dict[str, dict[int, Any]] | None:
     return {name: {0: batch} for name in INPUT_NAMES}
 
 
-def _write_onnx(graph: nn.Module, example: tuple[Tensor, Tensor], meta: dict[str, str], path: Path,
+def _write_onnx(graph: _LogitsGraph, example: tuple[Tensor, Tensor], meta: dict[str, str], path: Path,
                 external_data: bool, dynamic: dict[str, dict[int, Any]] | None) -> None:
     import onnx
 
@@ -282,7 +291,7 @@ def _write_onnx(graph: nn.Module, example: tuple[Tensor, Tensor], meta: dict[str
         dynamo=True,
         opset_version=ONNX_OPSET,
         input_names=list(INPUT_NAMES),
-        output_names=[OUTPUT_NAME],
+        output_names=[OUTPUT_NAME, NO_TARGET_OUTPUT_NAME] if graph.with_no_target else [OUTPUT_NAME],
         dynamic_shapes=dynamic,
         optimize=True,
         verbose=False,

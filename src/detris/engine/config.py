@@ -32,7 +32,12 @@ __all__ = [
 ]
 
 #: Dataset names a config may name (``mixed`` = the official RefCOCO + RefCOCO+ + RefCOCOg-umd set).
-DATASETS = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google", "refcoco_google", "mixed", "synthetic")
+DATASETS = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google", "refcoco_google", "grefcoco", "mixed",
+            "synthetic")
+#: The datasets that can be parts of ``mixed``.
+_MIXABLE = tuple(n for n in DATASETS if n not in ("mixed", "synthetic"))
+#: The parts of ``mixed`` by default: the official mixed set (RefCOCO + RefCOCO+ + RefCOCOg umd).
+_OFFICIAL_MIXED = ["refcoco", "refcoco+", "refcocog_umd"]
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: ``train.lr_schedule`` values: ``multistep`` (official, per epoch), ``cosine`` (per step, by progress).
 SCHEDULES = ("multistep", "cosine")
@@ -71,7 +76,8 @@ class ModelConfig:
 
 @dataclass
 class SyntheticDataConfig:
-    """Procedural scenes written into ``<output.dir>/data`` in the REFER layout (dataset ``synthetic``)."""
+    """Procedural scenes written into ``<output.dir>/data`` (dataset ``synthetic``): in the REFER layout,
+    or with ``generalized`` in the gRefCOCO layout with refs to several objects and to none."""
 
     train_images: int = 400
     val_images: int = 50
@@ -80,14 +86,18 @@ class SyntheticDataConfig:
     max_objects: int = 5
     max_expressions: int = 3
     seed: int = 0
+    generalized: bool = False
+    multi_target_refs: int = 1  # per image, generalized only
+    no_target_refs: int = 1  # per image, generalized only
 
 
 @dataclass
 class DataConfig:
     """Where the data is and how it is read."""
 
-    dataset: str = "refcoco"
-    data_root: str | None = None  # folder holding refcoco/, refcoco+/, refcocog/
+    dataset: str = "refcoco"  # a REFER name, grefcoco, mixed or synthetic
+    data_root: str | None = None  # folder holding refcoco/, refcoco+/, refcocog/, grefcoco/
+    mixed: list = field(default_factory=lambda: list(_OFFICIAL_MIXED))  # the parts of dataset "mixed"
     image_root: str | None = None  # COCO train2014 images
     train_split: str = "train"
     val_split: str = "val"  # refcoco+ validates on testB upstream
@@ -160,6 +170,11 @@ class RunConfig:
             raise ConfigError(f"model.{bundled[0]}: the bundled towers are detris-tiny's, not {m.variant!r}")
         if d.dataset not in DATASETS:
             raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; choose one of {list(DATASETS)}")
+        if d.dataset == "mixed" and (not d.mixed or any(n not in _MIXABLE for n in d.mixed)):
+            raise ConfigError(f"data.mixed: parts must be some of {list(_MIXABLE)}, got {d.mixed}")
+        s_cfg = d.synthetic
+        if s_cfg.multi_target_refs < 0 or s_cfg.no_target_refs < 0:
+            raise ConfigError("data.synthetic.multi_target_refs and no_target_refs must be >= 0")
         if t.precision not in PRECISIONS:
             raise ConfigError(f"train.precision: {t.precision!r} is not one of {list(PRECISIONS)}")
         if t.device not in ("auto", "cpu") and not t.device.startswith("cuda"):

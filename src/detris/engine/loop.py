@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader
 
 from ..build import build_model
 from ..bundled import tiny_tower_paths
-from ..data.datasets import MixedReferDataset, ReferSegDataset, collate
+from ..data.datasets import GReferSegDataset, MixedReferDataset, ReferSegDataset, collate
+from ..data.grefer import GREFCOCO_FOLDER, GReferDataset
 from ..data.refer import load_refer
-from ..evaluate import METRIC_KEYS, evaluate
+from ..evaluate import GRES_METRIC_KEYS, METRIC_KEYS, evaluate
 from ..modeling import DETRIS
 from ..utils import check_output_dir
 from ..variants import get_variant
@@ -41,28 +42,34 @@ class TrainingDiverged(RuntimeError):
 
 # ------------------------------------------------------------------------------------------ set-up
 def _synthetic_root(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Path:
-    """Write the synthetic scenes in the REFER layout once (rank 0), keyed by their parameters."""
-    from ..data.synthetic import write_refer_layout
+    """Write the synthetic scenes once (rank 0), keyed by their parameters: in the REFER layout as
+    ``refcoco`` (read by the REFER loader), or generalized in the gRefCOCO layout."""
+    from ..data.synthetic import write_grefcoco_layout, write_refer_layout
 
     s = cfg.data.synthetic
     root = run_dir / "data"
     params = json.dumps(dict(vars(s)), sort_keys=True)
     marker = root / "synthetic.json"
     if info.is_main and not (marker.is_file() and marker.read_text() == params):
-        write_refer_layout(
-            root,
-            dataset_name="refcoco",  # the REFER loader reads refcoco/refs(unc).p
-            splits={"train": s.train_images, "val": s.val_images},
-            seed=s.seed,
-            image_size=tuple(s.image_size),
-            min_objects=s.min_objects,
-            max_objects=s.max_objects,
-            max_expressions=s.max_expressions,
-        )
+        common: dict[str, Any] = dict(splits={"train": s.train_images, "val": s.val_images}, seed=s.seed,
+                                      image_size=tuple(s.image_size), min_objects=s.min_objects,
+                                      max_objects=s.max_objects, max_expressions=s.max_expressions)
+        if s.generalized:
+            write_grefcoco_layout(root, multi_target_refs=s.multi_target_refs, no_target_refs=s.no_target_refs,
+                                  **common)
+        else:
+            write_refer_layout(root, dataset_name="refcoco", **common)
         marker.write_text(params)
     if info.distributed:
         torch.distributed.barrier()
     return root
+
+
+def _split_datasets(source: Any, d: Any, image_root: Path, common: dict[str, Any]) -> tuple[Any, Any]:
+    """(train, val) of a loaded REFER or gRefCOCO annotation set."""
+    kind = GReferSegDataset if isinstance(source, GReferDataset) else ReferSegDataset
+    return (kind(source, d.train_split, "train", image_root, **common),
+            kind(source, d.val_split, "val", image_root, **common))
 
 
 def build_datasets(cfg: RunConfig, run_dir: Path, info: DistInfo, input_size: int, word_len: int) -> tuple[Any, Any]:
@@ -72,11 +79,8 @@ def build_datasets(cfg: RunConfig, run_dir: Path, info: DistInfo, input_size: in
                                   skip_bad=d.skip_bad)
     if d.dataset == "synthetic":
         root = _synthetic_root(cfg, run_dir, info)
-        refer = load_refer(root, "refcoco")
-        image_root = root / "images"
-        train = ReferSegDataset(refer, d.train_split, "train", image_root, **common)
-        val = ReferSegDataset(refer, d.val_split, "val", image_root, **common)
-        return train, val
+        source = GReferDataset(root) if d.synthetic.generalized else load_refer(root, "refcoco")
+        return _split_datasets(source, d, root / "images", common)
     # RunConfig.validate guarantees both roots for every dataset but the synthetic one.
     data_root, image_root = Path(str(d.data_root)), Path(str(d.image_root))
     if not data_root.is_dir():
@@ -84,11 +88,10 @@ def build_datasets(cfg: RunConfig, run_dir: Path, info: DistInfo, input_size: in
     if not image_root.is_dir():
         raise FileNotFoundError(f"data.image_root {d.image_root} does not exist (the COCO train2014 images)")
     if d.dataset == "mixed":
-        return (MixedReferDataset(data_root, d.train_split, "train", image_root, **common),
-                MixedReferDataset(data_root, d.val_split, "val", image_root, **common))
-    refer = load_refer(data_root, d.dataset)
-    return (ReferSegDataset(refer, d.train_split, "train", image_root, **common),
-            ReferSegDataset(refer, d.val_split, "val", image_root, **common))
+        return (MixedReferDataset(data_root, d.train_split, "train", image_root, names=d.mixed, **common),
+                MixedReferDataset(data_root, d.val_split, "val", image_root, names=d.mixed, **common))
+    source = GReferDataset(data_root) if d.dataset == GREFCOCO_FOLDER else load_refer(data_root, d.dataset)
+    return _split_datasets(source, d, image_root, common)
 
 
 def _backbone_files(cfg: RunConfig) -> dict[str, str | None]:
@@ -142,13 +145,20 @@ def validate(
     num_workers: int = 0,
 ) -> dict[str, float]:
     """Official validation (first sentence per ref) through the evaluation's scoring loop; each rank
-    scores every ``world_size``-th item and the meters are summed over ranks."""
+    scores every ``world_size``-th item and the meters are summed over ranks. A generalized set
+    (gRefCOCO) gives the GRES metrics instead of mIoU/oIoU/Pr@."""
     result = evaluate(
         model, dataset, batch_size=batch_size, device=info.device, workers=num_workers, progress=False,
         batch_invariant=False, dtype=_AUTOCAST_DTYPES[precision], rank=info.rank, world_size=info.world_size,
         max_items=max_items,
     )
-    return {**{k: result[k] for k in METRIC_KEYS}, "count": result["expressions"]}
+    keys = GRES_METRIC_KEYS if getattr(dataset, "generalized", False) else METRIC_KEYS
+    return {**{k: result[k] for k in keys}, "count": result["expressions"]}
+
+
+def selection_metric(dataset: Any) -> str:
+    """The validation metric that picks the best model: gIoU on generalized sets, else mIoU."""
+    return "gIoU" if getattr(dataset, "generalized", False) else "mIoU"
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -304,8 +314,9 @@ def _run_validation(run: _Run, epoch: int) -> None:
     assert run.logger is not None
     run.logger.log({"kind": "val", "epoch": epoch, "global_step": run.global_step,
                     "minutes": round((time.monotonic() - run.t0) / 60, 4), **summary})
-    if summary["mIoU"] > run.best["mIoU"]:
-        run.best = {"mIoU": summary["mIoU"], "epoch": epoch, "global_step": run.global_step}
+    key = selection_metric(run.val_ds)
+    if summary[key] > run.best.get(key, -1.0):
+        run.best = {key: summary[key], "epoch": epoch, "global_step": run.global_step}
         adapter_only = not run.cfg.output.save_full and getattr(run.model, "base_weights", None) is not None
         # Random-init backbones (no weight files) cannot be re-created from a file, so the exported model
         # then holds every weight.
@@ -318,11 +329,13 @@ def _micro_step(run: _Run, batch: dict[str, Any], last_micro: bool) -> torch.Ten
     images = batch["image"].to(dev, non_blocking=True)
     tokens = batch["tokens"].to(dev, non_blocking=True)
     mask = batch["mask"].to(dev, non_blocking=True)
+    # "Refers to nothing" labels for a no-target head (ignored by a model without one).
+    no_target = torch.as_tensor(batch["no_target"], dtype=torch.bool, device=dev)
     # Only the last micro-batch of a step all-reduces gradients.
     sync: Any = run.ddp.no_sync() if run.info.distributed and not last_micro else contextlib.nullcontext()  # type: ignore[operator]
     with sync:
         with _autocast(t.precision, dev):
-            logits, loss = run.ddp(images, tokens, mask)
+            logits, loss = run.ddp(images, tokens, mask, no_target)
         if t.dice_weight > 0:
             loss = loss.float() + t.dice_weight * upsampled_dice_loss(logits, mask)
         run.scaler.scale(loss.float() / run.accum).backward()

@@ -47,7 +47,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(metrics_path: Path, out_png: Path) -> Path | None:
-    """Training loss and validation mIoU against the optimizer step; None without matplotlib."""
+    """Training loss and validation mIoU (gIoU on generalized sets) against the optimizer step; None
+    without matplotlib."""
     try:
         import matplotlib
 
@@ -57,7 +58,9 @@ def plot_curves(metrics_path: Path, out_png: Path) -> Path | None:
         return None
     records = read_metrics(metrics_path)
     train = {r["global_step"]: r["loss"] for r in records if r.get("kind") == "train" and math.isfinite(r["loss"])}
-    val = {r["global_step"]: r["mIoU"] for r in records if r.get("kind") == "val"}
+    vals = [r for r in records if r.get("kind") == "val"]
+    name = "gIoU" if vals and "gIoU" in vals[0] else "mIoU"
+    val = {r["global_step"]: r[name] for r in vals}
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     if train:
         steps = sorted(train)
@@ -67,8 +70,8 @@ def plot_curves(metrics_path: Path, out_png: Path) -> Path | None:
     if val:
         ax2 = ax.twinx()
         steps = sorted(val)
-        ax2.plot(steps, [val[s] for s in steps], "o-", color="tab:red", label="val mIoU")
-        ax2.set_ylabel("val mIoU", color="tab:red")
+        ax2.plot(steps, [val[s] for s in steps], "o-", color="tab:red", label=f"val {name}")
+        ax2.set_ylabel(f"val {name}", color="tab:red")
         ax2.set_ylim(0, 1)
     fig.tight_layout()
     with warnings.catch_warnings():
