@@ -101,8 +101,7 @@ def test_segment_equals_the_protocol_written_out():
     warped, _mat, inv = letterbox_image(rgb, 112)
     assert torch.equal(pixels, normalize_image(warped)) and np.array_equal(inverse, inv)
     images = pixels.unsqueeze(0).expand(2, -1, -1, -1)
-    seg = segment(model, images, tokens, [inverse] * 2, [(70, 150)] * 2)
-    probs, masks = seg.probabilities, seg.masks
+    probs, masks = segment(model, images, tokens, [inverse] * 2, [(70, 150)] * 2)
     with torch.no_grad():
         logits = model.eval()(images, tokens)
     for i in range(2):

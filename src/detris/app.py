@@ -214,14 +214,18 @@ def segment(
         f"({predictor.device.type}, threshold {float(threshold):g})."
     ]
     for k, p in enumerate(predictions, start=1):
-        label = f"{_short(p.text)} ({NO_MATCH})" if p.no_target else _short(p.text)
-        caption = f"{_short(p.text, 80)} ({NO_MATCH})" if p.no_target else _short(p.text, 80)
+        # A no-target head's decision is said on the overlay and in its caption; a model without that
+        # head (every official checkpoint) only found nothing above the threshold.
+        decided = p.no_target and p.no_target_probability is not None
+        label = f"{_short(p.text)} ({NO_MATCH})" if decided else _short(p.text)
+        caption = f"{_short(p.text, 80)} ({NO_MATCH})" if decided else _short(p.text, 80)
         overlays.append((render_overlay(rgb, p.mask, label), caption))
         share = 100.0 * p.area / float(p.mask.size)
         note = f"{share:.1f} % of the image"
-        if p.no_target:
-            note = f"{NO_MATCH} (nothing above the threshold)" if p.no_target_probability is None else (
-                f"{NO_MATCH} (no-target probability {p.no_target_probability:.2f})")
+        if decided:
+            note = f"{NO_MATCH} (no-target probability {p.no_target_probability:.2f})"
+        elif p.area == 0:
+            note = f"nothing above the threshold: {NO_MATCH}"
         if p.truncated:
             note += f"; cut to the model's {predictor.word_len} tokens"
         lines.append(f"{k}. {_short(p.text, 80)}: {note}")

@@ -20,7 +20,7 @@ Datasets (`detris.data.datasets`) run step 1 themselves, with the same functions
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +101,10 @@ class Segmentation:
     def masks(self) -> list[np.ndarray]:
         """The masks a user gets: the raw mask, or all zero where the decision is "no target"."""
         return [np.zeros_like(m) if nt else m for m, nt in zip(self.raw_masks, self.no_target)]
+
+    def __iter__(self) -> Iterator[list[np.ndarray]]:
+        """``probabilities, masks = segment(...)`` unpacks as the two lists."""
+        return iter((self.probabilities, self.masks))
 
 
 @torch.inference_mode()

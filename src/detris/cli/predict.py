@@ -83,7 +83,9 @@ def run_predict_command(args: argparse.Namespace) -> int:
             mask_name, overlay_name = f"{stem}_{i}_mask.png", f"{stem}_{i}_overlay.png"
             if not cv2.imwrite(str(out_dir / mask_name), p.mask.astype(np.uint8) * 255):
                 raise OSError(f"could not write {out_dir / mask_name}")
-            caption = f"{p.text} ({NO_MATCH})" if p.no_target else p.text
+            # Said on the overlay when a no-target head decided it (see the web page).
+            decided = p.no_target and p.no_target_probability is not None
+            caption = f"{p.text} ({NO_MATCH})" if decided else p.text
             render_overlay(rgb, p.mask, caption).save(out_dir / overlay_name)
             entries.append({
                 "index": i,
