@@ -91,8 +91,8 @@ SCALES = {
                   budgets={"compare": 120, "microbatch": 110, "ddp": 75, "compile": 150}),
     # Inductor's C++ code generation takes minutes on a small CPU; aot_eager exercises the same capture.
     "cpu": Scale("detris-tiny", 56, 2, "detris-tiny", repeats=3, train_repeats=2, warmup=1, max_batch=64,
-                 compile_backend="aot_eager", ddp_backend="gloo", deadline_s=150,
-                 budgets={"compare": 25, "microbatch": 20, "ddp": 60, "compile": 40}, fake_cap_mib=24.0),
+                 compile_backend="aot_eager", ddp_backend="gloo", deadline_s=180,
+                 budgets={"compare": 25, "microbatch": 20, "ddp": 60, "compile": 60}, fake_cap_mib=24.0),
 }
 
 
@@ -274,7 +274,8 @@ def memory_cases(models: dict[str, nn.Module], data: tuple[Tensor, Tensor, Tenso
 # ------------------------------------------------------------------------------------------ micro-batch
 class SavedTensorBytes:
     """Bytes of the distinct storages autograd saves for the backward pass inside the block: what the
-    CPU run's fake memory cap is compared with (a deterministic measure of activation memory)."""
+    CPU run's fake memory cap is compared with (a deterministic measure of activation memory). Tensors
+    saved under an inner pair of hooks (the head's recomputed upsampling) are not seen: a slight undercount."""
 
     def __init__(self) -> None:
         self.storages: dict[int, int] = {}
@@ -544,7 +545,7 @@ def compile_section(args: argparse.Namespace, scale: Scale, device: torch.device
         times = B.alternate_timed({"eager": eager_fn, "compiled": compiled_fn}, device, repeats, warmup=scale.warmup)
         row.update(eager_ms=1e3 * B.median(times["eager"]), compiled_ms=1e3 * B.median(times["compiled"]),
                    rounds=repeats, graph_breaks=sum(counters["graph_break"].values()),
-                   graph_break_reasons=sorted(counters["graph_break"])[:10], eager_times_s=times["eager"],
+                   graph_break_reasons=[r[:300] for r in sorted(counters["graph_break"])[:10]], eager_times_s=times["eager"],
                    compiled_times_s=times["compiled"])
         row["speedup"] = row["eager_ms"] / row["compiled_ms"]
         print(f"  compile {mode} {precision}: eager {row['eager_ms']:.1f} ms, compiled {row['compiled_ms']:.1f} ms "
