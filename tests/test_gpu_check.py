@@ -1,0 +1,100 @@
+"""benchmarks/gpu_check.py: its CPU smoke run covers every section, and its micro-batch search."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+SECTIONS = ("compare", "microbatch", "ddp", "compile")
+
+
+def _import_script():
+    """The script as a module (it imports its sibling helpers, so its folder goes on the path)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return gpu_check
+
+
+@pytest.mark.parametrize(("limit", "max_batch", "largest", "first_failure", "stopped"), [
+    (37, 64, 37, 38, None),  # doubling to 64 fails, bisection between 32 and 64 ends at 37 / 38
+    (64, 64, 64, None, "max_batch 64 reached"),
+    (100, 48, 48, None, "max_batch 48 reached"),  # the last doubling step is clipped to max_batch
+    (0, 64, 0, 1, None),  # not even one item fits
+])
+def test_largest_fitting_doubles_then_bisects(limit, max_batch, largest, first_failure, stopped):
+    gpu_check = _import_script()
+    seen = []
+
+    def fits(batch):
+        seen.append(batch)
+        return {"batch": batch, "fits": batch <= limit, "seconds": 0.0}
+
+    result = gpu_check.largest_fitting(fits, max_batch, time.monotonic() + 60)
+    assert (result["largest"], result["first_failure"], result["stopped"]) == (largest, first_failure, stopped)
+    assert result["exact"] == (first_failure is not None)
+    assert len(seen) == len(set(seen)) <= 2 * max_batch.bit_length()  # no batch tried twice, log-many tries
+
+
+def test_largest_fitting_does_not_start_a_try_past_the_deadline():
+    gpu_check = _import_script()
+
+    def fits(batch):
+        return {"batch": batch, "fits": True, "seconds": 10.0}  # each try "took" 10 s
+
+    result = gpu_check.largest_fitting(fits, 1024, time.monotonic() + 5)
+    assert result["stopped"] == "time budget"
+    assert result["largest"] == 1 and len(result["tries"]) == 1
+
+
+@pytest.mark.slow
+def test_cpu_smoke_run_records_every_section(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    table = tmp_path / "gpu_check.md"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--json", str(out), "--table", str(table),
+           "--workdir", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    machine = data["machine"]
+    assert machine["torch"] and isinstance(machine["cpu_flags"], list) and "cuda" in machine
+
+    sections = data["sections"]
+    assert set(sections) == set(SECTIONS)
+    for name, section in sections.items():
+        assert section["status"] == "ok", (name, section.get("error"), section.get("traceback"))
+        assert section["seconds"] >= 0 and section["budget_s"] > 0
+
+    compare = sections["compare"]
+    assert "no --official" in compare["official_skipped"]  # the official side is skipped, with the reason
+    cases = {(r["mode"], r["precision"]) for r in compare["timing"]}
+    assert cases == {(m, p) for m in ("eval", "train") for p in ("fp32", "bf16", "fp16")}
+    assert all(r["ours_ms"] > 0 or r.get("skipped") for r in compare["timing"])
+    assert all(r.get("ours_peak_gib", 0) > 0 or r.get("skipped") for r in compare["memory"])
+
+    searches = {s["precision"]: s for s in sections["microbatch"]["searches"]}
+    assert set(searches) == {"fp32", "bf16"}
+    for s in searches.values():
+        assert s["largest"] >= 1 and (s["exact"] or s["stopped"]), s
+
+    ddp = sections["ddp"]
+    assert ddp["finished"] and set(ddp["runs"]) == {"detris_train", "engine_ddp"}
+    assert all(r["summary"]["global_step"] == 2 for r in ddp["runs"].values())
+    assert ddp["runs"]["engine_ddp"]["worker"]["backend"] == "gloo"
+
+    for case in sections["compile"]["cases"]:
+        assert case.get("compiled_ms", 0) > 0 or case.get("skipped"), case
+    text = table.read_text()
+    assert "### Sections" in text and "torch.compile" in text and "micro-batch" in text
