@@ -301,7 +301,9 @@ def test_predict_cli_single_image(model, model_dir, tmp_path):
     rgb = scene(75, 100, seed=6)
     Image.fromarray(rgb).save(tmp_path / "photo.png")
     rc, out, err = run(["predict", "--model", str(model_dir), "--image", str(tmp_path / "photo.png"),
-                        "--text", TEXTS[0], "--text", TEXTS[1], "--out", str(tmp_path / "out"), "--device", "cpu"])
+                        "--text", TEXTS[0], "--text", TEXTS[1], "--out", str(tmp_path / "out"), "--device", "cpu",
+                        # The masks are compared with float32 ones; the default (auto) may pick bfloat16.
+                        "--dtype", "float32"])
     assert rc == 0, err
     assert "1 image(s) x 2 expression(s)" in out
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())

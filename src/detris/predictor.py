@@ -12,6 +12,7 @@ Several expressions for one image are run as one batch; the image is pre-process
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import torch
 
 from .data.images import ImageInput, load_image
 from .inference import prepare_image, segment
+from .precision import cast_for_inference, model_dtype, resolve_dtype
 from .processing import ProcessingConfig
 from .tokenizer import shared_tokenizer, tokenize
 from .utils import resolve_device
@@ -30,7 +32,6 @@ __all__ = ["NO_MATCH", "Prediction", "Predictor", "check_texts"]
 #: What a no-target prediction is called in files and on the web page.
 NO_MATCH = "no matching object"
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -96,11 +97,14 @@ class Predictor:
     """Referring segmentation of user images with a DETRIS model.
 
     Args:
-        model: a `detris.DETRIS` (e.g. from `detris.from_pretrained`); it is put in eval mode and moved
-            to ``device``.
+        model: a `detris.DETRIS` (e.g. from `detris.from_pretrained`); it is put in eval mode, moved
+            to ``device``; for a low precision the Predictor runs a cast copy of it
+            (`detris.precision.cast_for_inference`), so the model passed in keeps its float32 weights.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` or None (CUDA when available).
-        dtype: compute precision: None / ``torch.float32`` (exact protocol), ``torch.bfloat16`` or
-            ``torch.float16`` (autocast; the weights stay float32). Strings ``"bfloat16"`` etc. work too.
+        dtype: compute precision: None / ``torch.float32`` (the exact protocol), ``torch.bfloat16``,
+            ``torch.float16`` (GPU only), or ``"auto"``: bfloat16 where the hardware computes it natively
+            (a CPU with avx512_bf16 or AMX, a recent GPU), float32 elsewhere. Names (``"bfloat16"``) work
+            too. Low precisions cast the weights once (the head's kernel generator stays float32).
         max_batch: most expressions run in one forward pass (bounds memory for long lists).
 
     Example::
@@ -116,6 +120,8 @@ class Predictor:
         device: None | str | torch.device = None,
         dtype: None | str | torch.dtype = None,
         max_batch: int = 8,
+        *,
+        _owned: bool = False,
     ) -> None:
         config = getattr(model, "config", None)
         if config is None or not hasattr(config, "image_size") or not hasattr(config, "word_len"):
@@ -123,18 +129,14 @@ class Predictor:
                 f"Predictor needs a DETRIS model (with .config), got {type(model).__name__}; "
                 "load one with detris.from_pretrained or detris.load_official_checkpoint"
             )
-        if isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(_DTYPES)}")
-            dtype = _DTYPES[dtype]
-        if dtype is not None and dtype not in _DTYPES.values():
-            raise ValueError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.device = resolve_device(device)
-        self.dtype = dtype or torch.float32
+        self.dtype = resolve_dtype(dtype, self.device)
         self.max_batch = int(max_batch)
         self.model = model.to(self.device).eval()
+        if self.dtype != model_dtype(self.model):
+            self.model = cast_for_inference(self.model if _owned else copy.deepcopy(self.model), self.dtype)
         # The preprocessing contract stored with the weights (the official one for older files).
         self.processing: ProcessingConfig = getattr(model, "processing", None) or ProcessingConfig.for_model(config)
         self.image_size = self.processing.input_size
@@ -151,7 +153,8 @@ class Predictor:
         """A Predictor for a model directory written by ``save_pretrained`` (or a Hub id)."""
         from .pretrained import from_pretrained
 
-        return cls(from_pretrained(name_or_path), device=device, dtype=dtype, **kwargs)
+        # The model is the Predictor's alone: cast in place, no copy.
+        return cls(from_pretrained(name_or_path), device=device, dtype=dtype, _owned=True, **kwargs)
 
     def predict(
         self,
@@ -188,7 +191,7 @@ class Predictor:
             chunk = tokens[start : start + self.max_batch]
             n = chunk.shape[0]
             seg = segment(self.model, pixels.expand(n, -1, -1, -1), chunk, [inverse] * n,
-                          [rgb.shape[:2]] * n, threshold=threshold, dtype=self.dtype)
+                          [rgb.shape[:2]] * n, threshold=threshold)
             for k, mask in enumerate(seg.masks):
                 out.append(Prediction(texts[start + k], mask, seg.probabilities[k], truncated[start + k],
                                       seg.no_target[k], seg.no_target_probabilities[k]))

@@ -118,6 +118,12 @@ WORD_LEN_HELP = ("token length of an official .pth the registry does not know (2
                  "default: the registry's, else 17)")
 
 
+def _add_dtype_argument(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--dtype", default=default, choices=["auto", "float32", "bfloat16", "float16"],
+                   help=f"compute precision (default {default}); auto = bfloat16 where the CPU (avx512_bf16, "
+                        "AMX) or GPU computes it natively, float32 elsewhere; float16 on a GPU only")
+
+
 def _add_model_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     """--model (one resolver for every command) and --word-len; optional ones default to the bundled model."""
     if required:
@@ -163,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-predictions", default=None, help="folder for <ref_id>_<sent_id>.png masks")
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them")
+    _add_dtype_argument(p, "float32")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("train", help="train from a YAML config")
@@ -190,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="probability threshold (default: the model's stored one, 0.35 in the official protocol)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="compute precision (autocast); default float32")
+    _add_dtype_argument(p, "auto")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("serve", help="web demo (Gradio)")
@@ -201,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting beyond this are rejected")
+    _add_dtype_argument(p, "auto")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("export", help="export a model (its input size and token length; any batch size)")

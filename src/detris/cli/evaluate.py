@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data.images import ImageLoadError
 from ..evaluate import (
     EVAL_DATASETS,
@@ -20,6 +22,7 @@ from ..evaluate import (
     json_safe,
 )
 from ..postprocess import DEFAULT_THRESHOLD
+from ..precision import cast_for_inference, resolve_dtype
 from ..pretrained import from_pretrained, resolve_model_dir
 from ..registry import REGISTRY
 from ..utils import resolve_device
@@ -123,6 +126,7 @@ def _report(args: argparse.Namespace, cfg: Any, split_by: str, generalized: bool
             "input_size": cfg.image_size,
             "word_len": cfg.word_len,
             "threshold": DEFAULT_THRESHOLD,
+            "dtype": args.dtype,
             **result,
             "percent": {k: round(100 * result[k], 2) for k in keys},
         }
@@ -157,9 +161,13 @@ def run_eval_command(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(str(args.model), args.word_len)
     cfg = read_model_dir(model_dir).config
     split_by, dataset = _load_split(args, cfg)
-    model = from_pretrained(model_dir)
+    dtype = resolve_dtype(getattr(args, "dtype", "float32"), device)
+    model = cast_for_inference(from_pretrained(model_dir), dtype)
+    args.dtype = str(dtype).replace("torch.", "")
+    protocol = "the official protocol" if dtype == torch.float32 else "not the protocol: boundary pixels may differ"
     print(
-        f"model {args.model} ({cfg.name}, input {cfg.image_size} px, word_len {cfg.word_len}) on {device}; "
+        f"model {args.model} ({cfg.name}, input {cfg.image_size} px, word_len {cfg.word_len}) on {device} in "
+        f"{args.dtype} ({protocol}); "
         f"{args.dataset} ({split_by}) {args.split}: {dataset.num_refs} refs, {len(dataset)} expressions",
         flush=True,
     )

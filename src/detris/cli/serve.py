@@ -30,7 +30,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
     if args.queue_size < 1:
         raise ValueError(f"--queue-size must be at least 1, got {args.queue_size}")
     model_dir = resolve_model_dir(args.model or DEMO_MODEL_NAME, args.word_len)
-    predictor = Predictor.from_pretrained(model_dir, device=args.device)
+    predictor = Predictor.from_pretrained(model_dir, device=args.device, dtype=getattr(args, "dtype", "auto"))
     app = build_app(predictor, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
                     model_name=str(args.model or DEMO_MODEL_NAME))
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -1,0 +1,96 @@
+"""Inference precision: which dtype a machine runs fast, and a model cast to it.
+
+``dtype="auto"`` (the default of `Predictor`, ``detris predict`` and ``detris serve``) picks bfloat16
+only where the hardware has bfloat16 arithmetic -- a CUDA GPU that supports it, or a CPU with
+``avx512_bf16`` or AMX (``amx_bf16``) -- and float32 elsewhere: on CPUs without those units PyTorch
+emulates bfloat16 and runs several times *slower* than float32 (docs/benchmarks.md).
+
+`cast_for_inference` casts a model's weights to the low precision once, instead of autocast's cast of
+every weight at every call, and keeps in float32 what decides the mask boundary: the head's kernel
+generator and the per-sample dynamic convolution (so the logits are computed in float32 from bfloat16
+features), and the no-target head.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["DTYPES", "cpu_has_native_bf16", "resolve_dtype", "cast_for_inference", "model_dtype"]
+
+#: Accepted names of the compute dtypes.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (Linux ``/proc/cpuinfo`` flags ``avx512_bf16`` or
+    ``amx_bf16``). False where the flags cannot be read: float32 is never the slow choice."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return any(f in flags for f in _CPU_BF16_FLAGS)
+    return False
+
+
+def resolve_dtype(dtype: None | str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``None`` / ``"float32"`` / ``"bfloat16"`` / ``"float16"`` / ``"auto"`` / a torch dtype -> the dtype.
+
+    ``"auto"``: bfloat16 on a CUDA device that supports it and on a CPU with native bfloat16 units,
+    float32 elsewhere.
+
+    Raises:
+        ValueError: an unknown name or dtype, or float16 on a CPU (no fast float16 kernels there).
+    """
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype == "auto":
+            if device.type == "cuda":
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported; use auto or one of {sorted(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("float16 runs only on a GPU; on a CPU use bfloat16 (or auto)")
+    return dtype
+
+
+def _kept_in_float32(model: nn.Module) -> list[nn.Module]:
+    kept: list[nn.Module] = []
+    head = getattr(model, "proj", None)
+    if head is not None and hasattr(head, "txt"):
+        # The kernel generator: the dynamic convolution runs in its dtype (see Projector.forward).
+        kept.append(head.txt)
+    no_target = getattr(model, "no_target_head", None)
+    if no_target is not None:
+        kept.append(no_target)
+    return kept
+
+
+def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast ``model`` in place to ``dtype`` for inference, with the layers that decide the mask
+    boundary kept in float32 (see the module docstring); returns it.
+    float32 leaves the model as it is."""
+    if dtype == torch.float32:
+        return model.float()
+    model.to(dtype)
+    for module in _kept_in_float32(model):
+        module.float()
+    return model
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's inputs: that of its first parameter (the text embedding)."""
+    return next(model.parameters()).dtype
