@@ -1,0 +1,169 @@
+"""Eval speed and mask agreement of every inference precision, against the official float32 code.
+
+For one variant (DETRIS-B by default) on random weights at a realistic scale (``_bench.randomize_``),
+the eval forward of batch ``--batch`` at ``--size`` is timed ALTERNATELY (one round = one call of each)
+for:
+
+- ``official fp32``: the official implementation on the same weights (with ``--official PATH``);
+- ``fp32``: ours, the protocol;
+- ``bf16 autocast``: ours under ``torch.autocast("cpu", bfloat16)`` (weights cast at every call);
+- ``bf16 cast``: ours after `detris.precision.cast_for_inference` (what ``--dtype bfloat16`` / ``auto``
+  runs: weights cast once, the head's kernel generator in float32);
+- ``int8 dynamic``: ours with every ``nn.Linear`` dynamically quantised (``torch.ao`` int8 weights,
+  per-batch activation scales), the rest float32 -- measured here, not shipped (see docs/benchmarks.md).
+
+Ratios are to the official float32 time of the same run (to our float32 time without ``--official``).
+The dense-GEMM rates of float32 and bfloat16 are measured in the same run. Mask agreement: the mean IoU
+of each precision's masks with our float32 masks after the official post-processing (sigmoid, bicubic,
+inverse letterbox to a 640x480 original, ``> 0.35``) over ``--images`` smooth images x ``--texts`` token
+rows. Example (the tables in docs/benchmarks.md)::
+
+    python benchmarks/precision_speed.py --official /path/to/DETRIS --json precision.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import _bench as B
+import _official as O
+
+ORIGINAL_HW = (480, 640)
+
+
+def build(variant: str, seed: int) -> nn.Module:
+    from detris import build_model
+
+    torch.manual_seed(seed)
+    return B.randomize_(build_model(variant), seed).eval()
+
+
+def int8_dynamic(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every Linear dynamically quantised to int8 except the head's kernel
+    generator (float32, as in the bfloat16 cast: it sets the mask boundary)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with contextlib.redirect_stderr(open(os.devnull, "w")):
+        quantized = quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+    quantized.proj.txt = copy.deepcopy(model.proj.txt)
+    return quantized
+
+
+def variants_of(model: nn.Module) -> dict[str, tuple[nn.Module, Callable[[], Any]]]:
+    """name -> (model to run, context manager factory) for each of our precisions."""
+    from detris.precision import cast_for_inference
+
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    return {
+        "fp32": (model, contextlib.nullcontext),
+        "bf16 autocast": (model, autocast),
+        "bf16 cast": (cast_for_inference(copy.deepcopy(model), torch.bfloat16), contextlib.nullcontext),
+        "int8 dynamic": (int8_dynamic(model), contextlib.nullcontext),
+    }
+
+
+def forward_fn(model: nn.Module, context: Callable[[], Any], images: Tensor, tokens: Tensor) -> Callable[[], Tensor]:
+    from detris.inference import forward_logits
+
+    def run() -> Tensor:
+        with torch.inference_mode(), context():
+            return forward_logits(model, images, tokens)[0]
+
+    return run
+
+
+def mask_agreement(runs: dict[str, tuple[nn.Module, Callable[[], Any]]], args) -> dict[str, float]:
+    """Mean IoU of each precision's masks with the float32 masks (official post-processing)."""
+    from detris.postprocess import binarize, logits_to_probability
+
+    size = args.size
+    images = B.smooth_images(args.images, size, seed=7)
+    tokens = B.sample_tokens(args.texts, runs["fp32"][0].word_len, offset=3)
+    # Every image with every token row, mapped back to a 4:3 original as the letterbox would.
+    from detris.data.transforms import letterbox_image
+
+    inverse = letterbox_image(np.zeros((*ORIGINAL_HW, 3), np.uint8), size)[2]
+    masks: dict[str, list[np.ndarray]] = {}
+    for name, (model, context) in runs.items():
+        out = []
+        for i in range(args.images):
+            logits = forward_fn(model, context, images[i : i + 1].expand(args.texts, -1, -1, -1), tokens)()
+            for k in range(args.texts):
+                prob = logits_to_probability(logits[k : k + 1].float(), (size, size), [inverse], [ORIGINAL_HW])[0]
+                out.append(binarize(prob, 0.35))
+        masks[name] = out
+    ious = {}
+    for name, got in masks.items():
+        values = [(a & b).sum() / max((a | b).sum(), 1) for a, b in zip(got, masks["fp32"])]
+        ious[name] = float(np.mean(values))
+    ious["fp32 foreground share"] = float(np.mean([m.mean() for m in masks["fp32"]]))
+    return ious
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--official", help="checkout of the official DETRIS code (times its float32 forward)")
+    p.add_argument("--variant", default="detris-b")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--size", type=int, default=448)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--images", type=int, default=2)
+    p.add_argument("--texts", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-foreign-cores", type=float, default=0.3)
+    p.add_argument("--max-discarded", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    machine = B.machine_info(device)
+    print(f"{machine['cpu']}, flags {' '.join(machine['cpu_flags'])}, torch {torch.__version__}, "
+          f"{args.threads} threads, load {B.load_average()}", flush=True)
+    gemm = {name: B.gemm_rate(dtype, device, 2048) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    model = build(args.variant, args.seed)
+    runs = variants_of(model)
+    images, tokens = B.smooth_images(args.batch, args.size, seed=0), B.sample_tokens(args.batch, model.word_len)
+    fns = {name: forward_fn(m, ctx, images, tokens) for name, (m, ctx) in runs.items()}
+    if args.official:
+        with tempfile.TemporaryDirectory() as tmp:
+            official, _ = O.build_official(args.official, args.variant, model, tmp)
+        official.eval()
+
+        def official_run() -> None:
+            with torch.inference_mode():
+                official(images, tokens)
+
+        fns = {"official fp32": official_run, **fns}
+    times = B.alternate_timed(fns, device, args.repeats, warmup=1, max_foreign_cores=args.max_foreign_cores,
+                              max_discarded=args.max_discarded)
+    base = "official fp32" if args.official else "fp32"
+    medians = {name: B.median(times[name]) for name in fns}
+    ious = mask_agreement(runs, args)
+    rows = [{"precision": name, "seconds": round(medians[name], 3), f"x {base}": round(medians[name] / medians[base], 3),
+             "mask_IoU_vs_fp32": round(ious[name], 4) if name in ious else None} for name in fns]
+    B.print_table(f"{args.variant} eval, batch {args.batch}, {args.size}², {args.threads} threads", rows,
+                  ["precision", "seconds", f"x {base}", "mask_IoU_vs_fp32"])
+    gemm_rows = [{"dtype": k, "GFLOP/s": round(v["flops_per_s"] / 1e9), "size": v["size"], "layout": v["layout"]}
+                 for k, v in gemm.items()]
+    B.print_table("dense GEMM", gemm_rows, ["dtype", "GFLOP/s", "size", "layout"])
+    print(f"fp32 masks' foreground share {ious['fp32 foreground share']:.3f}; rounds discarded {times['discarded']}, "
+          f"foreign cores per round {times['foreign_cores']}; load {B.load_average()}")
+    B.write_json(args.json, {"machine": machine, "args": vars(args), "times": times, "rows": rows, "gemm": gemm,
+                             "mask_iou": ious})
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+    main()
