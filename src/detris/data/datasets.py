@@ -280,7 +280,7 @@ class ReferSegDataset(_ExpressionDataset):
 
     def __init__(
         self,
-        refer: ReferDataset,
+        refer: ReferDataset | GReferDataset,
         split: str,
         mode: str | None = None,
         image_root: PathLike = ".",
@@ -313,9 +313,13 @@ class ReferSegDataset(_ExpressionDataset):
                     dataset=refer.dataset,
                     expected_hw=(int(info["height"]), int(info["width"])),
                     mask_spec=ref_id,
+                    no_target=self._is_no_target(ref_id),
                 )
             )
         self._finalize(f"{refer.refs_path} [{split}]")
+
+    def _is_no_target(self, ref_id: Any) -> bool:
+        return False  # every REFER expression refers to one object
 
     def _load_mask(self, entry: _Entry, height: int, width: int) -> np.ndarray:
         return self.refer.get_mask(entry.mask_spec)
@@ -328,7 +332,7 @@ class ReferSegDataset(_ExpressionDataset):
         )
 
 
-class GReferSegDataset(_ExpressionDataset):
+class GReferSegDataset(ReferSegDataset):
     """Items of one split of gRefCOCO: an expression refers to one object, several (the ground truth is
     the union of their masks) or none (an all-zero mask and ``no_target`` true).
 
@@ -340,45 +344,19 @@ class GReferSegDataset(_ExpressionDataset):
     """
 
     generalized = True
+    refer: GReferDataset
 
-    def __init__(
-        self,
-        grefer: GReferDataset,
-        split: str,
-        mode: str | None = None,
-        image_root: PathLike = ".",
-        input_size: int = 448,
-        word_len: int = 17,
-        tokenizer: Tokenizer | None = None,
-        seed: int = 0,
-        skip_bad: bool = False,
-        empty_sentences: str = "error",
-    ) -> None:
-        mode = mode or ("train" if split == "train" else "test")
-        super().__init__(mode, input_size, word_len, tokenizer, seed, skip_bad, empty_sentences)
-        self.grefer = grefer
-        self.name = GREFCOCO_FOLDER
-        self.split = split
-        self.image_root = Path(image_root)
-        for ref_id in grefer.ref_ids(split):
-            ref = grefer.refs[ref_id]
-            info = grefer.images[int(ref["image_id"])]
-            sentences = [(s.get("sent_id", k), s.get("sent", s.get("raw", ""))) for k, s in enumerate(ref["sentences"])]
-            self._entries.append(
-                _Entry(
-                    ref_id=ref_id,
-                    image_path=str(self.image_root / str(info["file_name"])),
-                    sentences=tuple(sentences),
-                    dataset=self.name,
-                    expected_hw=(int(info["height"]), int(info["width"])),
-                    mask_spec=ref_id,
-                    no_target=grefer.is_no_target(ref_id),
-                )
-            )
-        self._finalize(f"{grefer.refs_path} [{split}]")
+    def __init__(self, grefer: GReferDataset, split: str, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(grefer, GReferDataset):
+            raise TypeError(f"GReferSegDataset reads a GReferDataset, got {type(grefer).__name__}")
+        super().__init__(grefer, split, *args, **kwargs)
 
-    def _load_mask(self, entry: _Entry, height: int, width: int) -> np.ndarray:
-        return self.grefer.get_mask(entry.mask_spec)
+    def _is_no_target(self, ref_id: Any) -> bool:
+        return self.refer.is_no_target(ref_id)
+
+    @property
+    def grefer(self) -> GReferDataset:
+        return self.refer
 
     @property
     def num_no_target(self) -> int:

@@ -48,7 +48,11 @@ class GReferDataset:
     ref for malformed refs (no sentences, an ann id or image id not in ``instances.json``).
     """
 
+    #: The name items carry in ``dataset`` (as `detris.data.refer.ReferDataset.dataset`).
+    dataset = GREFCOCO_FOLDER
+
     def __init__(self, data_root: PathLike, split_by: str = "unc") -> None:
+        self.split_by = split_by
         folder = Path(data_root) / GREFCOCO_FOLDER
         self.instances_path = folder / "instances.json"
         if not self.instances_path.is_file():
@@ -99,6 +103,10 @@ class GReferDataset:
         """One ``(ref_id, sentence)`` per sentence of the split's refs: the evaluation samples."""
         return [(rid, sent) for rid in self.ref_ids(split) for sent in self.refs[rid]["sentences"]]
 
+    def image_info(self, ref_id: int) -> dict[str, Any]:
+        """The COCO image record (``id, file_name, height, width``) of a ref."""
+        return self.images[int(self.refs[ref_id]["image_id"])]
+
     def is_no_target(self, ref_id: int) -> bool:
         return self.refs[ref_id]["ann_id"] == NO_TARGET
 
@@ -111,7 +119,7 @@ class GReferDataset:
     def get_mask(self, ref_id: int) -> np.ndarray:
         """The ground truth at the image size: ``uint8 (H, W)`` 0/1, the union of the targets' masks
         (all zero for a no-target ref)."""
-        image = self.images[int(self.refs[ref_id]["image_id"])]
+        image = self.image_info(ref_id)
         h, w = int(image["height"]), int(image["width"])
         mask = np.zeros((h, w), np.uint8)
         for ann in self.target_annotations(ref_id):
