@@ -3,6 +3,8 @@ keeps the mask-deciding layers in float32, and a Predictor's cast never touches 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,21 @@ def test_bf16_training_gradients_within_tolerance_of_fp32():
         b = torch.cat([low[n].flatten() for n in low if n.startswith(part + ".")])
         cosine = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
         assert cosine >= 0.99 and abs(b.norm() / a.norm() - 1) <= 0.08, (part, cosine, (b.norm() / a.norm()).item())
+
+
+def test_eval_says_which_precision_it_ran(tmp_path, capsys):
+    from detris.cli import main
+    from detris.data.synthetic import write_refer_layout
+    from model_fixtures import save_random_tiny
+
+    lay = write_refer_layout(tmp_path / "data", "refcoco", splits={"val": 1}, seed=2, max_objects=2,
+                             max_expressions=1)
+    model_dir = save_random_tiny(tmp_path / "m", 112)
+    base = ["eval", "--model", str(model_dir), "--dataset", "refcoco", "--split", "val", "--data-root",
+            str(lay.data_root), "--image-root", str(lay.image_root), "--device", "cpu"]
+    for extra, dtype, words in (([], "float32", "(the official protocol)"),
+                                (["--dtype", "bfloat16"], "bfloat16", "(not the protocol")):
+        out_json = tmp_path / f"{dtype}.json"
+        assert main([*base, *extra, "--json", str(out_json)]) == 0
+        assert f"in {dtype} {words}" in capsys.readouterr().out
+        assert json.loads(out_json.read_text())["dtype"] == dtype
