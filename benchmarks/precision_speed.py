@@ -6,9 +6,11 @@ for:
 
 - ``official fp32``: the official implementation on the same weights (with ``--official PATH``);
 - ``fp32``: ours, the protocol;
-- ``bf16 autocast``: ours under ``torch.autocast("cpu", bfloat16)`` (weights cast at every call);
-- ``bf16 cast``: ours after `detris.precision.cast_for_inference` (what ``--dtype bfloat16`` / ``auto``
-  runs: weights cast once, the head's kernel generator in float32);
+- ``bf16 vision``: what ``--dtype bfloat16`` / ``auto`` runs (`detris.inference.low_precision`): the
+  DINOv2 tower under bf16 autocast, the rest in float32;
+- ``bf16 autocast``: the whole forward under ``torch.autocast("cpu", bfloat16)``;
+- ``bf16 cast``: the model cast with ``model.to(torch.bfloat16)`` (weights cast once; every activation
+  bf16);
 - ``int8 dynamic``: ours with every ``nn.Linear`` dynamically quantised (``torch.ao`` int8 weights,
   per-batch activation scales), the rest float32 -- measured here, not shipped (see docs/benchmarks.md).
 
@@ -62,13 +64,14 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
 
 def variants_of(model: nn.Module) -> dict[str, tuple[nn.Module, Callable[[], Any]]]:
     """name -> (model to run, context manager factory) for each of our precisions."""
-    from detris.precision import cast_for_inference
+    from detris.inference import low_precision
 
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    cpu = torch.device("cpu")
     return {
         "fp32": (model, contextlib.nullcontext),
-        "bf16 autocast": (model, autocast),
-        "bf16 cast": (cast_for_inference(copy.deepcopy(model), torch.bfloat16), contextlib.nullcontext),
+        "bf16 vision": (model, lambda: low_precision(model, torch.bfloat16, cpu)),
+        "bf16 autocast": (model, lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
+        "bf16 cast": (copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext),
         "int8 dynamic": (int8_dynamic(model), contextlib.nullcontext),
     }
 

@@ -11,7 +11,7 @@ import torch
 
 import detris.precision as precision
 from detris.inference import prepare_image, segment
-from detris.precision import cast_for_inference, resolve_dtype
+from detris.precision import resolve_dtype
 from detris.predictor import Predictor
 from model_fixtures import random_tiny_model
 
@@ -43,29 +43,36 @@ def test_bad_dtypes_are_named(bad, message):
         resolve_dtype(bad, CPU)
 
 
-def test_cast_keeps_the_mask_deciding_layers_in_float32():
-    model = cast_for_inference(random_tiny_model(112, no_target_head=True), torch.bfloat16)
-    kept = {n for n, p in model.named_parameters() if p.dtype == torch.float32}
-    assert kept == {n for n, _ in model.named_parameters() if n.startswith(("proj.txt.", "no_target_head."))}
+def test_low_precision_runs_the_vision_tower_only():
+    """bf16 in DINOv2 (and its Dense Aligners), float32 in the text tower, neck, decoder and head."""
+    model = random_tiny_model(112)
+    seen: dict[str, torch.dtype] = {}
+    probes = {"vision": model.dinov2.blocks[1].mlp.fc1, "aligner": model.dinov2.blocks[1].adapter,
+              "text": model.txt_backbone.transformer.resblocks[0].mlp.c_fc, "neck": model.neck.txt_proj,
+              "decoder": model.decoder.norm, "head": model.proj.txt}
+    for name, module in probes.items():
+        module.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out.dtype))
     rgb = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
     pixels, inverse = prepare_image(rgb, 112)
     tokens = torch.randint(1, 400, (2, 17))
-    low = segment(model, pixels[None].expand(2, -1, -1, -1), tokens, [inverse] * 2, [(60, 80)] * 2)
-    ref = segment(random_tiny_model(112, no_target_head=True), pixels[None].expand(2, -1, -1, -1), tokens,
-                  [inverse] * 2, [(60, 80)] * 2)
+    low = segment(model, pixels[None].expand(2, -1, -1, -1), tokens, [inverse] * 2, [(60, 80)] * 2,
+                  dtype=torch.bfloat16)
+    assert seen == {"vision": torch.bfloat16, "aligner": torch.bfloat16, "text": torch.float32,
+                    "neck": torch.float32, "decoder": torch.float32, "head": torch.float32}
+    ref = segment(model, pixels[None].expand(2, -1, -1, -1), tokens, [inverse] * 2, [(60, 80)] * 2)
+    assert seen["vision"] == torch.float32  # the hooks are gone: a float32 call runs float32
     for a, b in zip(low.probabilities, ref.probabilities):
         assert a.dtype == np.float32 and float(np.abs(a - b).max()) < 0.05
+    assert not model.dinov2._forward_hooks and not model.dinov2._forward_pre_hooks
 
 
-def test_predictor_casts_a_copy_not_the_callers_model():
+def test_predictor_keeps_the_weights():
     model = random_tiny_model(112)
     predictor = Predictor(model, device="cpu", dtype="bfloat16")
-    assert predictor.dtype == torch.bfloat16 and predictor.model is not model
+    assert predictor.dtype == torch.bfloat16 and predictor.model is model
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    assert predictor.model.txt_backbone.token_embedding.weight.dtype == torch.bfloat16
     out = predictor.predict(np.full((40, 50, 3), 120, np.uint8), "the red circle")[0]
     assert out.mask.shape == (40, 50) and out.probability.dtype == np.float32
-    assert Predictor(model, device="cpu", dtype="float32").model is model
 
 
 def _gradients(model: torch.nn.Module, images, tokens, masks, dtype) -> dict[str, torch.Tensor]:

@@ -315,7 +315,8 @@ def evaluate(
         batch_invariant: run the model one sample at a time so that results do not depend on
             ``batch_size`` (default, official batch-1 numerics); ``False`` runs one forward per batch.
         threshold: probability threshold (official 0.35, compared with ``>``).
-        dtype: autocast dtype of the forward pass; None = float32 (the protocol).
+        dtype: low precision of the vision tower (`detris.inference.low_precision`); None = float32 (the
+            protocol).
         rank, world_size: score every ``world_size``-th item starting at ``rank`` and sum the meters
             over the processes (``torch.distributed`` must be initialised when ``world_size > 1``).
         max_items: score only the first N items.

@@ -5,10 +5,7 @@ only where the hardware has bfloat16 arithmetic -- a CUDA GPU that supports it, 
 ``avx512_bf16`` or AMX (``amx_bf16``) -- and float32 elsewhere: on CPUs without those units PyTorch
 emulates bfloat16 and runs several times *slower* than float32 (docs/benchmarks.md).
 
-`cast_for_inference` casts a model's weights to the low precision once, instead of autocast's cast of
-every weight at every call, and keeps in float32 what decides the mask boundary: the head's kernel
-generator and the per-sample dynamic convolution (so the logits are computed in float32 from bfloat16
-features), and the no-target head.
+Where the chosen precision is used: `detris.inference.low_precision` (the vision tower only).
 """
 
 from __future__ import annotations
@@ -17,9 +14,8 @@ import functools
 from pathlib import Path
 
 import torch
-from torch import nn
 
-__all__ = ["DTYPES", "cpu_has_native_bf16", "resolve_dtype", "cast_for_inference", "model_dtype"]
+__all__ = ["DTYPES", "cpu_has_native_bf16", "resolve_dtype"]
 
 #: Accepted names of the compute dtypes.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -65,32 +61,3 @@ def resolve_dtype(dtype: None | str | torch.dtype, device: torch.device) -> torc
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError("float16 runs only on a GPU; on a CPU use bfloat16 (or auto)")
     return dtype
-
-
-def _kept_in_float32(model: nn.Module) -> list[nn.Module]:
-    kept: list[nn.Module] = []
-    head = getattr(model, "proj", None)
-    if head is not None and hasattr(head, "txt"):
-        # The kernel generator: the dynamic convolution runs in its dtype (see Projector.forward).
-        kept.append(head.txt)
-    no_target = getattr(model, "no_target_head", None)
-    if no_target is not None:
-        kept.append(no_target)
-    return kept
-
-
-def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast ``model`` in place to ``dtype`` for inference, with the layers that decide the mask
-    boundary kept in float32 (see the module docstring); returns it.
-    float32 leaves the model as it is."""
-    if dtype == torch.float32:
-        return model.float()
-    model.to(dtype)
-    for module in _kept_in_float32(model):
-        module.float()
-    return model
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's inputs: that of its first parameter (the text embedding)."""
-    return next(model.parameters()).dtype

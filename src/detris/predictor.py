@@ -12,7 +12,6 @@ Several expressions for one image are run as one batch; the image is pre-process
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 
 from .data.images import ImageInput, load_image
 from .inference import prepare_image, segment
-from .precision import cast_for_inference, model_dtype, resolve_dtype
+from .precision import resolve_dtype
 from .processing import ProcessingConfig
 from .tokenizer import shared_tokenizer, tokenize
 from .utils import resolve_device
@@ -98,13 +97,13 @@ class Predictor:
 
     Args:
         model: a `detris.DETRIS` (e.g. from `detris.from_pretrained`); it is put in eval mode, moved
-            to ``device``; for a low precision the Predictor runs a cast copy of it
-            (`detris.precision.cast_for_inference`), so the model passed in keeps its float32 weights.
+            to ``device``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device`` or None (CUDA when available).
         dtype: compute precision: None / ``torch.float32`` (the exact protocol), ``torch.bfloat16``,
             ``torch.float16`` (GPU only), or ``"auto"``: bfloat16 where the hardware computes it natively
             (a CPU with avx512_bf16 or AMX, a recent GPU), float32 elsewhere. Names (``"bfloat16"``) work
-            too. Low precisions cast the weights once (the head's kernel generator stays float32).
+            too. A low precision runs the vision tower in it, under autocast, and the rest in float32
+            (`detris.inference.low_precision`); the weights stay as they are.
         max_batch: most expressions run in one forward pass (bounds memory for long lists).
 
     Example::
@@ -120,8 +119,6 @@ class Predictor:
         device: None | str | torch.device = None,
         dtype: None | str | torch.dtype = None,
         max_batch: int = 8,
-        *,
-        _owned: bool = False,
     ) -> None:
         config = getattr(model, "config", None)
         if config is None or not hasattr(config, "image_size") or not hasattr(config, "word_len"):
@@ -135,8 +132,6 @@ class Predictor:
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_batch = int(max_batch)
         self.model = model.to(self.device).eval()
-        if self.dtype != model_dtype(self.model):
-            self.model = cast_for_inference(self.model if _owned else copy.deepcopy(self.model), self.dtype)
         # The preprocessing contract stored with the weights (the official one for older files).
         self.processing: ProcessingConfig = getattr(model, "processing", None) or ProcessingConfig.for_model(config)
         self.image_size = self.processing.input_size
@@ -153,8 +148,7 @@ class Predictor:
         """A Predictor for a model directory written by ``save_pretrained`` (or a Hub id)."""
         from .pretrained import from_pretrained
 
-        # The model is the Predictor's alone: cast in place, no copy.
-        return cls(from_pretrained(name_or_path), device=device, dtype=dtype, _owned=True, **kwargs)
+        return cls(from_pretrained(name_or_path), device=device, dtype=dtype, **kwargs)
 
     def predict(
         self,
@@ -191,7 +185,7 @@ class Predictor:
             chunk = tokens[start : start + self.max_batch]
             n = chunk.shape[0]
             seg = segment(self.model, pixels.expand(n, -1, -1, -1), chunk, [inverse] * n,
-                          [rgb.shape[:2]] * n, threshold=threshold)
+                          [rgb.shape[:2]] * n, threshold=threshold, dtype=self.dtype)
             for k, mask in enumerate(seg.masks):
                 out.append(Prediction(texts[start + k], mask, seg.probabilities[k], truncated[start + k],
                                       seg.no_target[k], seg.no_target_probabilities[k]))

@@ -22,7 +22,7 @@ from ..evaluate import (
     json_safe,
 )
 from ..postprocess import DEFAULT_THRESHOLD
-from ..precision import cast_for_inference, resolve_dtype
+from ..precision import resolve_dtype
 from ..pretrained import from_pretrained, resolve_model_dir
 from ..registry import REGISTRY
 from ..utils import resolve_device
@@ -162,7 +162,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     cfg = read_model_dir(model_dir).config
     split_by, dataset = _load_split(args, cfg)
     dtype = resolve_dtype(getattr(args, "dtype", "float32"), device)
-    model = cast_for_inference(from_pretrained(model_dir), dtype)
+    model = from_pretrained(model_dir)
     args.dtype = str(dtype).replace("torch.", "")
     protocol = "the official protocol" if dtype == torch.float32 else "not the protocol: boundary pixels may differ"
     print(
@@ -173,7 +173,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     )
     try:
         result = evaluate(model, dataset, batch_size=int(args.batch_size), device=device, workers=int(args.workers),
-                          save_predictions=args.save_predictions, progress=sys.stderr.isatty())
+                          save_predictions=args.save_predictions, progress=sys.stderr.isatty(), dtype=dtype)
     except ImageLoadError as exc:
         raise type(exc)(f"{exc}\n(pass --skip-bad to skip unreadable images and list them)") from None
     _report(args, cfg, split_by, dataset.generalized, result)
