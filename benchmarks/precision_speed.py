@@ -12,7 +12,8 @@ for:
 - ``bf16 cast``: the model cast with ``model.to(torch.bfloat16)`` (weights cast once; every activation
   bf16);
 - ``int8 dynamic``: ours with every ``nn.Linear`` dynamically quantised (``torch.ao`` int8 weights,
-  per-batch activation scales), the rest float32 -- measured here, not shipped (see docs/benchmarks.md).
+  per-batch activation scales), the rest float32; ``int8 vision``: the same for the vision tower's
+  Linear layers only -- measured here, not shipped (see docs/benchmarks.md).
 
 Ratios are to the official float32 time of the same run (to our float32 time without ``--official``).
 The dense-GEMM rates of float32 and bfloat16 are measured in the same run. Mask agreement: the mean IoU
@@ -51,14 +52,18 @@ def build(variant: str, seed: int) -> nn.Module:
     return B.randomize_(build_model(variant), seed).eval()
 
 
-def int8_dynamic(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every Linear dynamically quantised to int8 except the head's kernel
-    generator (float32, as in the bfloat16 cast: it sets the mask boundary)."""
+def int8_dynamic(model: nn.Module, vision_only: bool = False) -> nn.Module:
+    """A copy of ``model`` with its Linear layers dynamically quantised to int8: every one but the head's
+    kernel generator (which sets the mask boundary), or only the vision tower's."""
     from torch.ao.quantization import quantize_dynamic
 
+    quantized = copy.deepcopy(model)
     with contextlib.redirect_stderr(open(os.devnull, "w")):
-        quantized = quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-    quantized.proj.txt = copy.deepcopy(model.proj.txt)
+        if vision_only:
+            quantized.dinov2 = quantize_dynamic(quantized.dinov2, {nn.Linear}, dtype=torch.qint8)
+        else:
+            quantized = quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8)
+            quantized.proj.txt = copy.deepcopy(model.proj.txt)
     return quantized
 
 
@@ -73,6 +78,7 @@ def variants_of(model: nn.Module) -> dict[str, tuple[nn.Module, Callable[[], Any
         "bf16 autocast": (model, lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
         "bf16 cast": (copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext),
         "int8 dynamic": (int8_dynamic(model), contextlib.nullcontext),
+        "int8 vision": (int8_dynamic(model, vision_only=True), contextlib.nullcontext),
     }
 
 
