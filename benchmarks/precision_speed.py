@@ -19,9 +19,12 @@ Ratios are to the official float32 time of the same run (to our float32 time wit
 The dense-GEMM rates of float32 and bfloat16 are measured in the same run. Mask agreement: the mean IoU
 of each precision's masks with our float32 masks after the official post-processing (sigmoid, bicubic,
 inverse letterbox to a 640x480 original, ``> 0.35``) over ``--images`` smooth images x ``--texts`` token
-rows. Example (the tables in docs/benchmarks.md)::
+rows. ``--train`` times the training step instead (forward, loss, backward, Adam on the trained
+parameters, as ``compare_official.py``) in float32 and under bf16 autocast (``train.precision: bf16``),
+against the official float32 step. Example (the tables in docs/benchmarks.md)::
 
     python benchmarks/precision_speed.py --official /path/to/DETRIS --json precision.json
+    python benchmarks/precision_speed.py --official /path/to/DETRIS --train --repeats 3
 """
 
 from __future__ import annotations
@@ -120,6 +123,34 @@ def mask_agreement(runs: dict[str, tuple[nn.Module, Callable[[], Any]]], args) -
     return ious
 
 
+def train_section(args, model: nn.Module) -> None:
+    """The training step in float32 and bf16 autocast, alternated with the official float32 step."""
+    from compare_official import data, train_step_fn
+
+    model.train()
+    images, tokens, masks = data(args.variant, args.batch, args.size)
+    fp32_step = train_step_fn(model, False, images, tokens, masks)
+    bf16_inner = train_step_fn(model, False, images, tokens, masks)
+
+    def bf16_step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_inner()
+
+    fns = {"fp32": fp32_step, "bf16 autocast": bf16_step}
+    if args.official:
+        with tempfile.TemporaryDirectory() as tmp:
+            official, _ = O.build_official(args.official, args.variant, model, tmp)
+        fns = {"official fp32": train_step_fn(official.train(), True, images, tokens, masks), **fns}
+    times = B.alternate_timed(fns, torch.device("cpu"), args.repeats, warmup=1,
+                              max_foreign_cores=args.max_foreign_cores, max_discarded=args.max_discarded)
+    base = B.median(times["official fp32" if args.official else "fp32"])
+    rows = [{"step": name, "seconds": round(B.median(times[name]), 2), "x base": round(B.median(times[name]) / base, 3)}
+            for name in fns]
+    B.print_table(f"{args.variant} training step, batch {args.batch}, {args.size}²", rows, ["step", "seconds", "x base"])
+    print(f"foreign cores per round {times['foreign_cores']}; load {B.load_average()}")
+    B.write_json(args.json, {"args": vars(args), "times": times, "rows": rows})
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--official", help="checkout of the official DETRIS code (times its float32 forward)")
@@ -133,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-foreign-cores", type=float, default=0.3)
     p.add_argument("--max-discarded", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", action="store_true", help="time the training step instead of the eval forward")
     p.add_argument("--json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -142,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.threads} threads, load {B.load_average()}", flush=True)
     gemm = {name: B.gemm_rate(dtype, device, 2048) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     model = build(args.variant, args.seed)
+    if args.train:
+        return train_section(args, model)
     runs = variants_of(model)
     images, tokens = B.smooth_images(args.batch, args.size, seed=0), B.sample_tokens(args.batch, model.word_len)
     fns = {name: forward_fn(m, ctx, images, tokens) for name, (m, ctx) in runs.items()}
