@@ -133,3 +133,22 @@ def test_eval_says_which_precision_it_ran(tmp_path, capsys):
         assert main([*base, *extra, "--json", str(out_json)]) == 0
         assert f"in {dtype} {words}" in capsys.readouterr().out
         assert json.loads(out_json.read_text())["dtype"] == dtype
+
+
+def test_int8_quantises_a_copy_of_the_vision_tower():
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    model = random_tiny_model(112)
+    predictor = Predictor(model, device="cpu", dtype="int8")
+    assert predictor.model is not model and {p.dtype for p in model.parameters()} == {torch.float32}
+    vision = [m for m in predictor.model.dinov2.modules() if isinstance(m, DynamicLinear)]
+    assert vision and not [m for m in predictor.model.neck.modules() if isinstance(m, DynamicLinear)]
+    assert isinstance(predictor.model.txt_backbone.transformer.resblocks[0].mlp.c_fc, torch.nn.Linear)
+    rgb = np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    got = predictor.predict(rgb, ["the red circle", "a star"])
+    ref = Predictor(model, device="cpu").predict(rgb, ["the red circle", "a star"])
+    for a, b in zip(got, ref):
+        assert float(np.abs(a.probability - b.probability).max()) < 0.1
+    assert "dtype=int8" in repr(predictor)
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_dtype("int8", torch.device("cuda"))

@@ -141,7 +141,7 @@ def test_threshold_and_bf16(predictor, model):
     inter, union = (bf16.mask & p.mask).sum(), (bf16.mask | p.mask).sum()
     assert union > 0 and inter / union > 0.9
     with pytest.raises(ValueError, match="dtype"):
-        Predictor(model, dtype="int8")
+        Predictor(model, dtype="int4")  # not a precision detris offers
     with pytest.raises(TypeError, match="DETRIS"):
         Predictor(torch.nn.Linear(2, 2))
 

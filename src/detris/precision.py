@@ -6,19 +6,29 @@ only where the hardware has bfloat16 arithmetic -- a CUDA GPU that supports it, 
 emulates bfloat16 and runs several times *slower* than float32 (docs/benchmarks.md).
 
 Where the chosen precision is used: `detris.inference.low_precision` (the vision tower only).
+
+``"int8"`` (CPU, opt-in, never chosen by ``auto``): `quantize_vision_int8` returns a copy of the model
+whose vision-tower Linear layers are dynamically quantised (int8 weights, per-batch activation scales;
+PyTorch's ``torch.ao.quantization``); everything else stays float32. Quantising the other parts too
+moved the masks far more (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
-__all__ = ["DTYPES", "cpu_has_native_bf16", "resolve_dtype"]
+__all__ = ["DTYPES", "INT8", "cpu_has_native_bf16", "dtype_name", "resolve_dtype", "quantize_vision_int8"]
 
 #: Accepted names of the compute dtypes.
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The dtype that stands for "int8 vision tower" (`quantize_vision_int8`).
+INT8 = torch.qint8
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -38,7 +48,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(dtype: None | str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``None`` / ``"float32"`` / ``"bfloat16"`` / ``"float16"`` / ``"auto"`` / a torch dtype -> the dtype.
+    """``None`` / ``"float32"`` / ``"bfloat16"`` / ``"float16"`` / ``"int8"`` / ``"auto"`` / a torch dtype
+    -> the dtype (`INT8` for ``"int8"``).
 
     ``"auto"``: bfloat16 on a CUDA device that supports it and on a CPU with native bfloat16 units,
     float32 elsewhere.
@@ -53,11 +64,37 @@ def resolve_dtype(dtype: None | str | torch.dtype, device: torch.device) -> torc
             if device.type == "cuda":
                 return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported; use auto or one of {sorted(DTYPES)}")
-        dtype = DTYPES[dtype]
-    if dtype not in DTYPES.values():
+        if dtype not in (*DTYPES, "int8"):
+            raise ValueError(f"dtype {dtype!r} is not supported; use auto, int8 or one of {sorted(DTYPES)}")
+        dtype = INT8 if dtype == "int8" else DTYPES[dtype]
+    if dtype not in (*DTYPES.values(), INT8):
         raise ValueError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
+    if dtype == INT8 and device.type != "cpu":
+        raise ValueError("int8 runs on a CPU only; on a GPU use bfloat16 or float16")
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError("float16 runs only on a GPU; on a CPU use bfloat16 (or auto)")
     return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name ``--dtype`` takes for ``dtype``: ``float32``, ``bfloat16``, ``float16`` or ``int8``."""
+    return "int8" if dtype == INT8 else str(dtype).replace("torch.", "")
+
+
+def quantize_vision_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose vision tower's Linear layers are dynamically quantised to int8 (CPU);
+    the caller's model is left as it is.
+
+    Raises:
+        ValueError: this PyTorch build has no ``torch.ao.quantization``.
+    """
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
+        raise ValueError("int8 needs torch.ao.quantization, which this PyTorch lacks; use bfloat16 or float32") from None
+    quantized = copy.deepcopy(model).float()
+    with warnings.catch_warnings():
+        # The eager-mode API is marked deprecated; it is what the installed PyTorch offers.
+        warnings.simplefilter("ignore")
+        quantized.dinov2 = quantize_dynamic(quantized.dinov2, {nn.Linear}, dtype=torch.qint8)
+    return quantized

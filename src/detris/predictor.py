@@ -21,7 +21,7 @@ import torch
 
 from .data.images import ImageInput, load_image
 from .inference import prepare_image, segment
-from .precision import resolve_dtype
+from .precision import INT8, dtype_name, quantize_vision_int8, resolve_dtype
 from .processing import ProcessingConfig
 from .tokenizer import shared_tokenizer, tokenize
 from .utils import resolve_device
@@ -103,7 +103,8 @@ class Predictor:
             ``torch.float16`` (GPU only), or ``"auto"``: bfloat16 where the hardware computes it natively
             (a CPU with avx512_bf16 or AMX, a recent GPU), float32 elsewhere. Names (``"bfloat16"``) work
             too. A low precision runs the vision tower in it, under autocast, and the rest in float32
-            (`detris.inference.low_precision`); the weights stay as they are.
+            (`detris.inference.low_precision`); the weights stay as they are. ``"int8"`` (CPU) runs a
+            copy of the model with int8 vision-tower Linear layers (`detris.precision.quantize_vision_int8`).
         max_batch: most expressions run in one forward pass (bounds memory for long lists).
 
     Example::
@@ -131,7 +132,11 @@ class Predictor:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_batch = int(max_batch)
+        # int8 lives in the weights; bf16 / fp16 in the vision tower's autocast.
+        self._autocast_dtype = None if self.dtype == INT8 else self.dtype
         self.model = model.to(self.device).eval()
+        if self.dtype == INT8:
+            self.model = quantize_vision_int8(self.model).eval()
         # The preprocessing contract stored with the weights (the official one for older files).
         self.processing: ProcessingConfig = getattr(model, "processing", None) or ProcessingConfig.for_model(config)
         self.image_size = self.processing.input_size
@@ -185,7 +190,7 @@ class Predictor:
             chunk = tokens[start : start + self.max_batch]
             n = chunk.shape[0]
             seg = segment(self.model, pixels.expand(n, -1, -1, -1), chunk, [inverse] * n,
-                          [rgb.shape[:2]] * n, threshold=threshold, dtype=self.dtype)
+                          [rgb.shape[:2]] * n, threshold=threshold, dtype=self._autocast_dtype)
             for k, mask in enumerate(seg.masks):
                 out.append(Prediction(texts[start + k], mask, seg.probabilities[k], truncated[start + k],
                                       seg.no_target[k], seg.no_target_probabilities[k]))
@@ -193,4 +198,4 @@ class Predictor:
 
     def __repr__(self) -> str:
         name = getattr(self.model.config, "name", type(self.model).__name__)
-        return f"Predictor({name}, device={self.device}, dtype={self.dtype}, input={self.image_size}px)"
+        return f"Predictor({name}, device={self.device}, dtype={dtype_name(self.dtype)}, input={self.image_size}px)"

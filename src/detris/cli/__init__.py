@@ -119,9 +119,10 @@ WORD_LEN_HELP = ("token length of an official .pth the registry does not know (2
 
 
 def _add_dtype_argument(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--dtype", default=default, choices=["auto", "float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default=default, choices=["auto", "float32", "bfloat16", "float16", "int8"],
                    help=f"compute precision (default {default}); auto = bfloat16 where the CPU (avx512_bf16, "
-                        "AMX) or GPU computes it natively, float32 elsewhere; float16 on a GPU only")
+                        "AMX) or GPU computes it natively, float32 elsewhere; float16 on a GPU only; int8: "
+                        "int8 vision-tower Linear layers, CPU only")
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, required: bool) -> None:

@@ -22,7 +22,7 @@ from ..evaluate import (
     json_safe,
 )
 from ..postprocess import DEFAULT_THRESHOLD
-from ..precision import resolve_dtype
+from ..precision import INT8, dtype_name, quantize_vision_int8, resolve_dtype
 from ..pretrained import from_pretrained, resolve_model_dir
 from ..registry import REGISTRY
 from ..utils import resolve_device
@@ -162,8 +162,10 @@ def run_eval_command(args: argparse.Namespace) -> int:
     cfg = read_model_dir(model_dir).config
     split_by, dataset = _load_split(args, cfg)
     dtype = resolve_dtype(getattr(args, "dtype", "float32"), device)
-    model = from_pretrained(model_dir)
-    args.dtype = str(dtype).replace("torch.", "")
+    model: Any = from_pretrained(model_dir)
+    if dtype == INT8:
+        model = quantize_vision_int8(model)
+    args.dtype = dtype_name(dtype)
     protocol = "the official protocol" if dtype == torch.float32 else "not the protocol: boundary pixels may differ"
     print(
         f"model {args.model} ({cfg.name}, input {cfg.image_size} px, word_len {cfg.word_len}) on {device} in "
@@ -173,7 +175,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     )
     try:
         result = evaluate(model, dataset, batch_size=int(args.batch_size), device=device, workers=int(args.workers),
-                          save_predictions=args.save_predictions, progress=sys.stderr.isatty(), dtype=dtype)
+                          save_predictions=args.save_predictions, progress=sys.stderr.isatty(),
+                          dtype=None if dtype == INT8 else dtype)
     except ImageLoadError as exc:
         raise type(exc)(f"{exc}\n(pass --skip-bad to skip unreadable images and list them)") from None
     _report(args, cfg, split_by, dataset.generalized, result)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import ImageLoadError, load_image
+from ..precision import dtype_name
 from ..predictor import NO_MATCH, Predictor, check_texts
 from ..pretrained import resolve_model_dir
 from ..utils import check_output_dir
@@ -107,7 +108,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
         "model": str(args.model),
         "variant": getattr(predictor.model.config, "name", None),
         "threshold": threshold,
-        "dtype": str(predictor.dtype).replace("torch.", ""),
+        "dtype": dtype_name(predictor.dtype),
         "images": records,
         "errors": errors,
     }
