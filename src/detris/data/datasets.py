@@ -479,8 +479,11 @@ class JsonlSegDataset(_ExpressionDataset):
         base = self.path.parent
         img_base = Path(image_root) if image_root is not None else base
         self.image_root = img_base
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{self.path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         for lineno, line in enumerate(lines, start=1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue

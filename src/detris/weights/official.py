@@ -23,12 +23,17 @@ DETRIS_SKIPPED_PREFIXES = ("txt_backbone.visual.",)
 def extract_state_dict(checkpoint: Mapping[str, Any]) -> StateDict:
     """The model tensors of an official training checkpoint (``state_dict`` / ``model`` entry or bare),
     with the DDP ``module.`` prefix removed."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"the checkpoint holds a {type(checkpoint).__name__}, not a dict of tensors (expected a "
+            "'state_dict' entry or a bare state dict)"
+        )
     sd = checkpoint
     for key in ("state_dict", "model"):
         if key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]
             break
-    sd = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+    sd = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, Tensor)}
     if not sd:
         raise CheckpointError("the checkpoint holds no tensors (expected a 'state_dict' entry or a bare state dict)")
     return strip_prefix(sd, ("module.",))
