@@ -345,6 +345,9 @@ train:
 output:
   dir: runs/fuzz
 """
+# Anchors and aliases are YAML's own way to repeat data: the seed the fuzzer grows alias bombs from.
+_CONFIG_SEED_ALIASES = _CONFIG_SEED.replace("  overrides: {word_len: 17}\n",
+                                            "  overrides: {word_len: &w 17, a: &l [*w, *w], b: [*l, *l]}\n")
 _OVERRIDES = ["train.lr=2e-4", "train.milestones=[3, 5]", "data.dataset=refcoco", "train.epochs=0",
               "model.overrides.word_len=22", "output=3", "train.max_minutes=null", "train=", "x.y.z=[1, {a: 2}]"]
 
@@ -584,7 +587,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("pickle", _pickle_seeds, _check_pickle, _structured_pickle),
     Target("instances", _instances_seeds, _check_instances, _structured_instances, text=True),
     Target("jsonl", _jsonl_seeds, _check_jsonl, _structured_jsonl, text=True),
-    Target("config", lambda: [_CONFIG_SEED.encode()], _check_config, _structured_config, text=True),
+    Target("config", lambda: [_CONFIG_SEED.encode(), _CONFIG_SEED_ALIASES.encode()], _check_config,
+           _structured_config, text=True),
     Target("image", _image_seeds, _check_image),
     Target("model_config", _model_config_seeds, _check_model_config, _structured_model_config, text=True),
     Target("safetensors", _safetensors_seeds, _check_safetensors, _structured_safetensors, hot=1 << 15),

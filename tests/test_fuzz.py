@@ -284,3 +284,20 @@ def test_mutated_model_config_json_values_are_refused_naming_the_file(tmp_path):
         with pytest.raises(CheckpointError) as info:
             read_model_dir(directory)
         assert str(directory / "config.json") in str(info.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    # nine aliases nested six deep: a 1 kB file that expands to ~1M values (20 s and ~1 GB to write out)
+    "\n".join(["    a0: &a0 [x, x]"] + [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]),
+    "    loop: &loop [*loop]",  # a list that contains itself
+])
+def test_config_alias_bombs_are_refused_naming_the_file(tmp_path, overrides):
+    """Finding: the config was accepted, then copied and written out expanded (config.yaml, checkpoints)."""
+    from detris.engine.config import ConfigError, load_config
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"model:\n  variant: detris-tiny\n  overrides:\n{overrides}\ndata: {{dataset: synthetic}}\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: the config expands to more than 100000 values"):
+        load_config(path)
+    assert time.perf_counter() - start < 2.0

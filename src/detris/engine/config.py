@@ -301,6 +301,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+#: Most values (scalars and containers, aliases counted as often as they are used) a config may hold.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _too_many_values(data: Any, limit: int) -> bool:
+    """Whether ``data`` holds more than ``limit`` values once every alias is expanded (stops early)."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return False
+
+
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a YAML config, apply ``--set`` overrides, validate. Raises `ConfigError` / FileNotFoundError."""
     try:
@@ -319,6 +339,13 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunCo
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with model/data/train/output sections")
     data = apply_overrides(data, list(overrides))
+    if _too_many_values(data, MAX_CONFIG_VALUES):
+        # YAML aliases share one object, but the config is copied and written out expanded (config.yaml,
+        # every checkpoint): nine aliases nested six deep make a 1 kB file a 20 s, 1 GB write.
+        raise ConfigError(
+            f"{path}: the config expands to more than {MAX_CONFIG_VALUES} values (nested YAML aliases, or "
+            "one that contains itself); write the values out"
+        )
     try:
         return config_from_dict(data)
     except ConfigError as err:
