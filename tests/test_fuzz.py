@@ -301,3 +301,17 @@ def test_config_alias_bombs_are_refused_naming_the_file(tmp_path, overrides):
     with pytest.raises(ConfigError, match=r"bomb\.yaml: the config expands to more than 100000 values"):
         load_config(path)
     assert time.perf_counter() - start < 2.0
+
+
+def test_mask_png_bomb_is_an_image_load_error(tmp_path, monkeypatch):
+    """Finding: PIL's DecompressionBombError (not an OSError) escaped from a JSONL record's mask PNG."""
+    from detris.data.datasets import JsonlSegDataset
+    from detris.data.images import ImageLoadError
+
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "img.png")  # 400 px: under the bound
+    Image.new("L", (64, 64)).save(tmp_path / "mask.png")
+    (tmp_path / "data.jsonl").write_text(json.dumps({"image": "img.png", "sentence": "x", "mask": "mask.png"}))
+    ds = JsonlSegDataset(tmp_path / "data.jsonl", mode="val", input_size=32, tokenizer=fuzz_targets._tiny_tokenizer)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px is now over twice the bound
+    with pytest.raises(ImageLoadError, match=r"mask\.png: cannot read mask image \(DecompressionBombError"):
+        ds[0]

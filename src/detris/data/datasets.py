@@ -409,8 +409,8 @@ def _read_mask_png(path: Path) -> np.ndarray:
             img.load()
             mode = img.mode
             arr = np.asarray(img)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: cannot read mask image ({exc})") from exc
+    except Exception as exc:  # PIL's decoders raise many types on damaged files (see data/images.py)
+        raise ImageLoadError(f"{path}: cannot read mask image ({type(exc).__name__}: {exc})") from exc
     if mode in ("P", "PA", "1"):
         plane = arr[..., 0] if arr.ndim == 3 else arr
         return (plane != 0).astype(np.uint8)
