@@ -23,6 +23,8 @@ RETIRED_FIELDS = frozenset({"neck_heads"})
 #: Largest integer a size field may hold (the vocabulary, 49408, is the largest real one): a sanity
 #: bound on what a config.json may ask the model build for.
 _MAX_SIZE = 1 << 17
+#: The integer fields for which 0 means something (no register tokens, no decoder layers).
+_MAY_BE_ZERO = frozenset({"num_register_tokens", "decoder_layers"})
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,9 @@ class DetrisConfig:
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), f.type
             if kind == "int":
-                ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_SIZE
-                what = f"an integer in 0..{_MAX_SIZE}"
+                low = 0 if f.name in _MAY_BE_ZERO else 1  # a zero patch size or width divides by zero later
+                ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= _MAX_SIZE
+                what = f"an integer in {low}..{_MAX_SIZE}"
             elif kind == "float":
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                 what = "a finite number"
