@@ -389,7 +389,8 @@ def _check_ref(ref: dict[str, Any], i: int, path: Path) -> int:
         raise ValueError(f"{path}: ref #{i} lacks the keys {missing}")
     try:
         ref_id = _as_id(ref["ref_id"])
-        _as_id(ref["ann_id"]), _as_id(ref["image_id"])
+        for key in ("ann_id", "image_id"):
+            _as_id(ref[key])
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{path}: ref #{i} has a ref_id, ann_id or image_id that is not an integer") from None
     sentences = ref["sentences"]
