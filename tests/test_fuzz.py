@@ -316,3 +316,27 @@ def test_mask_png_bomb_is_an_image_load_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px is now over twice the bound
     with pytest.raises(ImageLoadError, match=r"mask\.png: cannot read mask image \(DecompressionBombError"):
         ds[0]
+
+
+@pytest.mark.parametrize("edit", ["drop_first_adapter", "scalar_pos_embed"])
+def test_weights_missing_an_adapter_tensor_are_refused_naming_the_file(tmp_path, edit):
+    """Long-run finding: the variant guess behind the error message raised KeyError (IndexError for a
+    0-d tensor) on a model.safetensors lacking the first adapter's D_fc1.weight."""
+    from safetensors.torch import load, save
+
+    from detris.weights import CheckpointError
+
+    sd = load(fuzz_targets._safetensors_seeds()[0])
+    if edit == "drop_first_adapter":
+        first = min(k for k in sd if ".adapter.D_fc1.weight" in k and k.startswith("dinov2."))
+        del sd[first]
+    else:
+        sd["dinov2.pos_embed"] = torch.tensor(1.0)
+    from detris.weights import load_trained_weights, read_model_dir
+
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (directory / "config.json").write_bytes(fuzz_targets._model_config_seeds()[0])
+    (directory / "model.safetensors").write_bytes(save(sd))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not fit the model"):
+        load_trained_weights(fuzz_targets._tiny_model(), read_model_dir(directory))
