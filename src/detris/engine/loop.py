@@ -228,7 +228,8 @@ class _Run:
     stop_reason: str = "finished"
     t0: float = 0.0
     pbar: Any = None
-    stop: threading.Event = field(default_factory=threading.Event)  # set by SIGTERM
+    stop: threading.Event = field(default_factory=threading.Event)  # set by SIGTERM (this process)
+    stop_agreed: bool = False  # some rank saw SIGTERM by the last step: all ranks stop after it
 
     @property
     def per_step(self) -> bool:
@@ -381,8 +382,9 @@ def _optimizer_step(run: _Run, loss_sum: torch.Tensor, epoch: int) -> float:
     # A SIGTERM seen by any rank travels with them too: every rank then stops after the same step.
     stop = torch.tensor(float(run.stop.is_set()), device=run.info.device)
     step_loss, minutes, stopping = all_reduce_mean(torch.stack([loss_sum / run.accum, clock, stop]), run.info).tolist()
-    if stopping > 0:
-        run.stop.set()
+    # Decided on the reduced value only: a signal arriving after the reduction waits for the next step,
+    # else one rank would stop while another waits for it in the next reduction.
+    run.stop_agreed = stopping > 0
     if not math.isfinite(step_loss):
         good = run.last_path if run.last_path.is_file() else None
         raise TrainingDiverged(
@@ -427,7 +429,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[bool, int]:
         micro_idx, loss_sum = 0, torch.zeros((), device=run.info.device)
         step_in_epoch += 1
         out_of_time = t.max_minutes is not None and minutes >= t.max_minutes
-        if run.stop.is_set():
+        if run.stop_agreed:
             run.stop_reason = "sigterm"
             return True, step_in_epoch
         if (t.max_steps is not None and run.global_step >= t.max_steps) or out_of_time:
