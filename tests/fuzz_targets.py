@@ -318,7 +318,20 @@ def _check_jsonl(data: bytes, workdir: Path) -> Any:
         return ds
 
     # A mask/image file error names that file; everything about the line names the JSONL file.
-    return expect_contract(build_and_read, [str(path), str(workdir)])
+    return expect_contract(build_and_read, [str(path), *_referenced_files(data, workdir)])
+
+
+def _referenced_files(data: bytes, base: Path) -> list[str]:
+    """The image and mask paths the JSONL lines name (where they parse), as the dataset resolves them."""
+    names = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            names += [str(base / v) for k, v in record.items() if k in ("image", "mask") and isinstance(v, str) and v]
+    return names
 
 
 def _structured_jsonl(seed: bytes, rng: random.Random) -> bytes:
