@@ -340,3 +340,27 @@ def test_weights_missing_an_adapter_tensor_are_refused_naming_the_file(tmp_path,
     (directory / "model.safetensors").write_bytes(save(sd))
     with pytest.raises(CheckpointError, match=r"model\.safetensors does not fit the model"):
         load_trained_weights(fuzz_targets._tiny_model(), read_model_dir(directory))
+
+
+@pytest.mark.parametrize("yaml_text, problem", [
+    ('train:\n  lr: "\\U00110000"\n', r"not valid YAML \(ValueError: chr\(\) arg not in range"),  # PyYAML's own
+    ('train:\n  lr: "\\UFFFFFFFF"\n', r"not valid YAML \(OverflowError"),
+    ("5: 1\nmodel: {}\n", "has a key that is not a name: 5"),  # sorting the unknown keys raised TypeError
+    ("train:\n  null: 1\n", "has a key that is not a name: None"),
+])
+def test_config_yaml_errors_outside_yamlerror_are_config_errors(tmp_path, yaml_text, problem):
+    """Long-run findings: ValueError / OverflowError from PyYAML's scanner and TypeError from non-string keys."""
+    from detris.engine.config import ConfigError, load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_override_value_yaml_errors_name_the_override():
+    from detris.engine.config import ConfigError, apply_overrides
+
+    with pytest.raises(ConfigError, match=r"override 'train.lr=\"\\\\UFFFFFFFF\"': value is not valid YAML"):
+        apply_overrides({}, ['train.lr="\\UFFFFFFFF"'])
