@@ -359,6 +359,7 @@ def build_app(
     max_expressions: int = DemoLimits.max_expressions,
     title: str = "DETRIS referring segmentation",
     model_name: str | None = None,
+    cache_minutes: float = 10.0,
 ) -> gr.Blocks:
     """The demo page as a Gradio Blocks app, queued and ready for `launch_app`.
 
@@ -371,16 +372,23 @@ def build_app(
         title: page title and heading.
         model_name: what the model was loaded from, shown on the page (the bundled demo model's
             name adds a line saying what it knows and how to serve a released checkpoint instead).
+        cache_minutes: uploads and rendered overlays older than this are deleted (checked every
+            minute, or every ``cache_minutes`` when shorter). It must exceed the longest queue wait:
+            identical uploads share one file, which a waiting request still needs.
     """
     gr = import_gradio()
     if queue_size < 1:
         raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+    if not cache_minutes > 0:
+        raise ValueError(f"cache_minutes must be positive, got {cache_minutes}")
+    cache_age = max(1, round(cache_minutes * 60))
     limits = DemoLimits(max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_expressions=max_expressions)
     handler = make_handler(predictor, limits)
 
-    # delete_cache: uploads and rendered overlays are written to Gradio's cache folder; without a
-    # clean-up a long-running demo fills the disk. Every 10 minutes, files older than 1 hour go.
-    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as app:
+    # delete_cache: uploads (refused ones included) and rendered overlays are written to Gradio's cache
+    # folder; without a clean-up a long-running demo fills the disk. Gradio deletes only the files this
+    # app created, and all of them when the server stops.
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(min(60, cache_age), cache_age)) as app:
         gr.Markdown(
             f"## {title}\n"
             "Upload an image, type what to segment (one expression per line, at most "

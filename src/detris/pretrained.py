@@ -254,7 +254,11 @@ def load_official_checkpoint(path: PathLike, variant: str | DetrisConfig | None 
     eval mode. ``overrides`` replace variant fields (e.g. ``word_len=22`` for RefCOCOg-umd models: the
     token length cannot be read off the shapes).
     """
-    sd = extract_state_dict(load_state_file(path))
+    try:
+        sd = extract_state_dict(load_state_file(path))
+    except CheckpointError as err:
+        message = str(err)
+        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
     if variant is None:
         variant = guess_variant(sd)
         if variant is None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_write", "atomic_write_with_side_files", "check_output_dir", "resolve_device"]
+__all__ = ["atomic_write", "atomic_write_many", "atomic_write_with_side_files", "check_output_dir", "resolve_device"]
 
 
 def _umask() -> int:
@@ -20,27 +20,50 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], object], keep_previous: str | os.PathLike | None = None
+) -> Path:
     """Write ``path`` by calling ``write(tmp)`` on a temporary file beside it, then renaming it over.
 
     A reader never sees a half-written file and a failure (a full disk, an interrupt) leaves the
     previous file untouched. The file gets the permissions a plain ``open(path, "w")`` would give
     (``0o666`` less the umask): ``mkstemp``'s private ``0o600`` would hide models and checkpoints
     from colleagues on a shared machine.
+
+    ``keep_previous``: once the new file is completely written, the file it replaces is moved there
+    (a checkpoint's last good predecessor, kept in case the new one is later found damaged).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    atomic_write_many({path: write}, keep_previous={path: keep_previous} if keep_previous else None)
+    return Path(path)
+
+
+def atomic_write_many(
+    writers: Mapping[str | os.PathLike, Callable[[str], object]],
+    keep_previous: Mapping[str | os.PathLike, str | os.PathLike] | None = None,
+) -> None:
+    """`atomic_write` for files that belong together (weights and their config.json): every file is
+    written to its temporary first, and only when all are complete are they renamed into place, so a
+    failure (``ENOSPC`` half-way through the second file) leaves the previous set intact and matching.
+    """
+    keep = {Path(k): Path(v) for k, v in (keep_previous or {}).items()}
+    temps: list[tuple[str, Path]] = []
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        for path, write in ((Path(p), w) for p, w in writers.items()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            temps.append((tmp, path))
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, path in temps:
+            if path in keep and path.exists():
+                os.replace(path, keep[path])
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
-    return path
 
 
 def atomic_write_with_side_files(out: Path, write: Callable[[Path], None]) -> None:

@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 #: Fields that older files may carry and that never changed the model: ignored when read.
 RETIRED_FIELDS = frozenset({"neck_heads"})
+#: Largest integer a size field may hold (the vocabulary, 49408, is the largest real one): a sanity
+#: bound on what a config.json may ask the model build for.
+_MAX_SIZE = 1 << 17
+#: The integer fields for which 0 means something (no register tokens, no decoder layers).
+_MAY_BE_ZERO = frozenset({"num_register_tokens", "decoder_layers"})
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class DetrisConfig:
     image_size: int = 448
 
     def __post_init__(self) -> None:
+        self._check_types()
         # Lists from JSON/YAML become tuples so the config stays hashable and comparable.
         for name in ("vision_feature_layers", "vision_adapter_layers", "text_adapter_layers"):
             object.__setattr__(self, name, tuple(int(i) for i in getattr(self, name)))
@@ -86,6 +93,29 @@ class DetrisConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.word_len > self.text_context_length:
             raise ValueError(f"word_len {self.word_len} exceeds text_context_length {self.text_context_length}")
+
+    def _check_types(self) -> None:
+        """Every field of the kind its annotation says, sizes in a sane range (a config.json is user input:
+        a width of ``"wide"`` must fail here, not deep inside the model build)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), f.type
+            if kind == "int":
+                low = 0 if f.name in _MAY_BE_ZERO else 1  # a zero patch size or width divides by zero later
+                ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= _MAX_SIZE
+                what = f"an integer in {low}..{_MAX_SIZE}"
+            elif kind == "float":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                what = "a finite number"
+            elif kind == "bool":
+                ok, what = isinstance(value, bool), "true or false"
+            elif kind == "str":
+                ok, what = isinstance(value, str), "a string"
+            else:  # tuple[int, ...]
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in value)
+                what = "a list of integers"
+            if not ok:
+                raise ValueError(f"DETRIS config field {f.name} must be {what}, got {value!r}")
 
     @property
     def projector_dim(self) -> int:

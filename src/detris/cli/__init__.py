@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting beyond this are rejected")
+    p.add_argument("--cache-minutes", type=float, default=10.0,
+                   help="uploads and overlays older than this are deleted from the server (default: 10)")
     _add_dtype_argument(p, "auto")
     p.set_defaults(func=_cmd_serve)
 

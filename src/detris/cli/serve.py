@@ -32,7 +32,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(args.model or DEMO_MODEL_NAME, args.word_len)
     predictor = Predictor.from_pretrained(model_dir, device=args.device, dtype=getattr(args, "dtype", "auto"))
     app = build_app(predictor, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
-                    model_name=str(args.model or DEMO_MODEL_NAME))
+                    model_name=str(args.model or DEMO_MODEL_NAME), cache_minutes=args.cache_minutes)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"detris serve: listening on {args.host}: the demo has no authentication; anyone who can "
               "reach this address can use it", file=sys.stderr)

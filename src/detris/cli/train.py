@@ -11,7 +11,10 @@ __all__ = ["run_train_command"]
 
 
 def run_train_command(args: argparse.Namespace) -> int:
-    """Load and validate the config, then train; a diverged run exits with status 3."""
+    """Load and validate the config, then train; a diverged run exits with status 3, a run whose
+    checkpoint could not be written (a full disk) with status 4; a run stopped by SIGTERM saves its
+    checkpoint and exits with status 0."""
+    from ..engine.checkpoint import CheckpointSaveError
     from ..engine.loop import TrainingDiverged, train
 
     cfg = load_config(args.config, list(args.overrides or []))
@@ -22,6 +25,13 @@ def run_train_command(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"detris train: {err}", file=sys.stderr)
         return 3
+    except CheckpointSaveError as err:
+        print(f"detris train: stopped: {err.strerror}", file=sys.stderr)
+        return 4
+    if summary["stop_reason"] == "sigterm":
+        print(f"detris train: stopped by SIGTERM after {summary['global_step']} steps; checkpoint saved in "
+              f"{summary['run_dir']}/checkpoints/last.pt; continue with --resume auto", file=sys.stderr)
+        return 0
     if summary.get("best", {}).get("epoch") is not None or summary.get("last_val"):
         print(f"detris train: done ({summary['stop_reason']}, {summary['global_step']} steps); "
               f"last val {summary['last_val']}; best {summary['best']}; outputs in {summary['run_dir']}")

@@ -471,8 +471,8 @@ def _read_mask_png(path: Path) -> np.ndarray:
             img.load()
             mode = img.mode
             arr = np.asarray(img)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: cannot read mask image ({exc})") from exc
+    except Exception as exc:  # PIL's decoders raise many types on damaged files (see data/images.py)
+        raise ImageLoadError(f"{path}: cannot read mask image ({type(exc).__name__}: {exc})") from exc
     if mode in ("P", "PA", "1"):
         plane = arr[..., 0] if arr.ndim == 3 else arr
         return (plane != 0).astype(np.uint8)
@@ -594,8 +594,11 @@ class JsonlSegDataset(_ExpressionDataset):
         base = self.path.parent
         img_base = Path(image_root) if image_root is not None else base
         self.image_root = img_base
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{self.path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         for lineno, line in enumerate(lines, start=1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue

@@ -136,8 +136,8 @@ def load_image(image: ImageInput) -> np.ndarray:
         source = getattr(image, "filename", "") or "<PIL image>"
         try:
             image.load()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageLoadError(f"{source}: cannot decode image ({exc})") from exc
+        except Exception as exc:  # as for files: whatever the decoder raises, the image is unreadable
+            raise ImageLoadError(f"{source}: cannot decode image ({type(exc).__name__}: {exc})") from exc
         return _pil_to_rgb(image, str(source))
     if not isinstance(image, (str, os.PathLike)):
         raise TypeError(
@@ -158,9 +158,10 @@ def load_image(image: ImageInput) -> np.ndarray:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"{path}: image too large to decode safely ({exc})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:
         # PIL reports unknown formats as UnidentifiedImageError (an OSError), truncation as OSError,
-        # and some malformed headers as SyntaxError/ValueError.
+        # malformed headers as SyntaxError/ValueError, and its format plugins let struct.error,
+        # IndexError, ZeroDivisionError or MemoryError through on hostile bytes: all mean "unreadable".
         raise ImageLoadError(
             f"{path}: cannot read image ({type(exc).__name__}: {exc}); the file is corrupt, truncated "
             f"or not an image"

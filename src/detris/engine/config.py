@@ -249,6 +249,9 @@ def _build(cls: Any, data: Any, section: str) -> Any:
         raise ConfigError(f"section {where!r} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    not_names = [k for k in data if not isinstance(k, str)]
+    if not_names:  # YAML reads `1:` or `null:` as a number / None, not a key name
+        raise ConfigError(f"section {where!r} has a key that is not a name: {not_names[0]!r}; known keys: {names}")
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(
@@ -291,10 +294,19 @@ def config_to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _yaml_errors() -> tuple[type[BaseException], ...]:
+    import yaml
+
+    # Besides YAMLError, PyYAML's scanner lets ValueError (a "\\U99999999" escape: chr() out of range),
+    # OverflowError (an escape too large for C) and RecursionError (deep nesting) through.
+    return (yaml.YAMLError, ValueError, OverflowError, RecursionError)
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``section.key=value`` strings to plain config data; values are parsed as YAML."""
     import yaml
 
+    yaml_errors = _yaml_errors()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -304,8 +316,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} has no key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from err
+        except yaml_errors as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
         node = data
         for k in parts[:-1]:
             child = node.setdefault(k, {})
@@ -314,6 +326,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = child
         node[parts[-1]] = value
     return data
+
+
+#: Most values (scalars and containers, aliases counted as often as they are used) a config may hold.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _too_many_values(data: Any, limit: int) -> bool:
+    """Whether ``data`` holds more than ``limit`` values once every alias is expanded (stops early)."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return False
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
@@ -325,13 +357,23 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunCo
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    yaml_errors = _yaml_errors()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml_errors as err:
+        raise ConfigError(f"{path}: not valid YAML ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with model/data/train/output sections")
     data = apply_overrides(data, list(overrides))
+    if _too_many_values(data, MAX_CONFIG_VALUES):
+        # YAML aliases share one object, but the config is copied and written out expanded (config.yaml,
+        # every checkpoint): nine aliases nested six deep make a 1 kB file a 20 s, 1 GB write.
+        raise ConfigError(
+            f"{path}: the config expands to more than {MAX_CONFIG_VALUES} values (nested YAML aliases, or "
+            "one that contains itself); write the values out"
+        )
     try:
         return config_from_dict(data)
     except ConfigError as err:

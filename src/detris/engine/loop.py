@@ -6,6 +6,8 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,14 @@ from ..evaluate import GRES_METRIC_KEYS, METRIC_KEYS, evaluate
 from ..modeling import DETRIS
 from ..utils import check_output_dir
 from ..variants import get_variant
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, restore_weights, save_checkpoint
+from .checkpoint import (
+    capture_rng,
+    load_resume_checkpoint,
+    restore_rng,
+    restore_weights,
+    save_checkpoint,
+    save_failure,
+)
 from .config import BUNDLED, RunConfig, config_to_dict
 from .distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, cleanup_distributed, init_distributed
 from .losses import upsampled_dice_loss
@@ -165,17 +174,40 @@ def selection_metric(dataset: Any) -> str:
 def train(cfg: RunConfig, resume: str | None = None) -> dict[str, Any]:
     """Run (or resume) a training run; returns the summary also written to ``summary.json``.
 
-    ``resume``: a checkpoint path, or ``auto`` for ``<output.dir>/checkpoints/last.pt``.
+    ``resume``: a checkpoint path, or ``auto`` for ``<output.dir>/checkpoints/last.pt``; a damaged
+    ``last.pt`` falls back to the ``previous.pt`` kept beside it.
+
+    SIGTERM (what torchrun and cluster schedulers send on preemption) ends the run after the current
+    optimizer step: a checkpoint is saved and the summary's ``stop_reason`` is ``sigterm``.
     """
     threads = torch.get_num_threads()
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     info = init_distributed(cfg.train.device)
+    stop = threading.Event()
+    previous_handler = _catch_sigterm(stop)
     try:
-        return _train(cfg, resume, info)
+        return _train(cfg, resume, info, stop)
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         cleanup_distributed()
         torch.set_num_threads(threads)  # the caller's setting, for whatever runs next in this process
+
+
+def _catch_sigterm(stop: threading.Event) -> Any:
+    """Make SIGTERM set ``stop`` (checked after each optimizer step); returns the handler it replaced.
+
+    Only the main thread may install signal handlers; elsewhere (a training run in a worker thread)
+    SIGTERM keeps its default meaning.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    return signal.signal(signal.SIGTERM, request_stop)
 
 
 @dataclass
@@ -206,6 +238,8 @@ class _Run:
     stop_reason: str = "finished"
     t0: float = 0.0
     pbar: Any = None
+    stop: threading.Event = field(default_factory=threading.Event)  # set by SIGTERM (this process)
+    stop_agreed: bool = False  # some rank saw SIGTERM by the last step: all ranks stop after it
 
     @property
     def per_step(self) -> bool:
@@ -237,7 +271,7 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
         raise ValueError("train.precision=fp16 needs a GPU (GradScaler); use bf16 on CPU")
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume))
+        ckpt, _ = load_resume_checkpoint(run_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume))
 
     # Same seed on every rank: every process builds the same (random-init) backbones and heads.
     mcfg = get_variant(cfg.model.variant, **cfg.model.overrides)  # sizes, without building anything
@@ -285,12 +319,19 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     restore_weights(run.model, ckpt)
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.scaler.load_state_dict(ckpt["scaler"])
-    run.start_epoch, run.start_step, run.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-    run.best = dict(ckpt["best"])
-    restore_rng(ckpt["rng"])
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.scaler.load_state_dict(ckpt["scaler"])
+        run.start_epoch, run.start_step, run.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        run.best = dict(ckpt["best"])
+        restore_rng(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        # The file loaded but its training state does not fit this run (another config, a damaged entry).
+        raise ValueError(
+            f"the checkpoint's training state cannot be restored into this run ({type(err).__name__}: {err}); "
+            "was it written with another config?"
+        ) from None
 
 
 def _save(run: _Run, epoch: int, step_in_epoch: int) -> None:
@@ -320,7 +361,10 @@ def _run_validation(run: _Run, epoch: int) -> None:
         adapter_only = not run.cfg.output.save_full and getattr(run.model, "base_weights", None) is not None
         # Random-init backbones (no weight files) cannot be re-created from a file, so the exported model
         # then holds every weight.
-        run.model.save_pretrained(run.run_dir / "best", adapter_only=adapter_only)
+        try:
+            run.model.save_pretrained(run.run_dir / "best", adapter_only=adapter_only)
+        except OSError as err:
+            raise save_failure(run.run_dir / "best", err, "best model directory") from err
 
 
 def _micro_step(run: _Run, batch: dict[str, Any], last_micro: bool) -> torch.Tensor:
@@ -348,7 +392,12 @@ def _optimizer_step(run: _Run, loss_sum: torch.Tensor, epoch: int) -> float:
     # The elapsed time travels with the loss through one reduction, so that every process sees the
     # same clock: the time budget and a time-based schedule then agree across ranks.
     clock = torch.tensor((time.monotonic() - run.t0) / 60, device=run.info.device)
-    step_loss, minutes = all_reduce_mean(torch.stack([loss_sum / run.accum, clock]), run.info).tolist()
+    # A SIGTERM seen by any rank travels with them too: every rank then stops after the same step.
+    stop = torch.tensor(float(run.stop.is_set()), device=run.info.device)
+    step_loss, minutes, stopping = all_reduce_mean(torch.stack([loss_sum / run.accum, clock, stop]), run.info).tolist()
+    # Decided on the reduced value only: a signal arriving after the reduction waits for the next step,
+    # else one rank would stop while another waits for it in the next reduction.
+    run.stop_agreed = stopping > 0
     if not math.isfinite(step_loss):
         good = run.last_path if run.last_path.is_file() else None
         raise TrainingDiverged(
@@ -393,6 +442,9 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[bool, int]:
         micro_idx, loss_sum = 0, torch.zeros((), device=run.info.device)
         step_in_epoch += 1
         out_of_time = t.max_minutes is not None and minutes >= t.max_minutes
+        if run.stop_agreed:
+            run.stop_reason = "sigterm"
+            return True, step_in_epoch
         if (t.max_steps is not None and run.global_step >= t.max_steps) or out_of_time:
             run.stop_reason = "max_steps" if not out_of_time else "max_minutes"
             return True, step_in_epoch
@@ -407,14 +459,16 @@ def _epochs(run: _Run) -> None:
     for epoch in range(run.start_epoch, t.epochs):
         stopped, step_in_epoch = _train_epoch(run, epoch)
         epoch_done = step_in_epoch >= run.sampler.steps_per_epoch
+        # After SIGTERM the grace period before SIGKILL is short (torchrun: 30 s): save, skip validation.
+        validate_now = t.evaluate and run.stop_reason != "sigterm"
         if stopped and not epoch_done:
-            if t.evaluate:
+            if validate_now:
                 _run_validation(run, epoch)
             _save(run, epoch, step_in_epoch)
             return
         if not run.per_step:
             run.scheduler.step()
-        if t.evaluate:
+        if validate_now:
             _run_validation(run, epoch)
         _save(run, epoch + 1, 0)
         if stopped:
@@ -445,8 +499,9 @@ def _finish(run: _Run) -> dict[str, Any]:
     return summary
 
 
-def _train(cfg: RunConfig, resume: str | None, info: DistInfo) -> dict[str, Any]:
+def _train(cfg: RunConfig, resume: str | None, info: DistInfo, stop: threading.Event) -> dict[str, Any]:
     run = _setup(cfg, resume, info)
+    run.stop = stop
     run.t0 = time.monotonic()
     if info.is_main and cfg.output.progress:
         from tqdm import tqdm

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .. import bundled
 from ..processing import ProcessingConfig
 from ..registry import BACKBONE_URLS
-from ..utils import atomic_write
+from ..utils import atomic_write_many
 from ..variants import DetrisConfig
 from .io import CheckpointError, PathLike, StateDict, describe_keys, load_strict
 
@@ -133,8 +133,12 @@ def save_pretrained(
     }
     if adapter_only:
         meta["base_weights"] = {k: dataclasses.asdict(_base_record(v)) for k, v in base.items()}
-    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    # Both files are complete before either replaces its predecessor: a full disk while writing the
+    # second never leaves new weights beside an old config.json.
+    atomic_write_many({
+        directory / WEIGHTS_NAME: lambda p: save_file(tensors, p, metadata={"format": "pt"}),
+        directory / CONFIG_NAME: lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"),
+    })
     return directory
 
 

@@ -25,6 +25,7 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------------------------------- reading files
 def _is_torchscript_archive(path: Path) -> bool:
+    """Whether ``path`` is a zip holding TorchScript code (zipfile errors propagate: a damaged zip)."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as zf:
@@ -47,9 +48,12 @@ def load_state_file(path: PathLike) -> StateDict | dict[str, Any]:
             return load_file(str(path))
         except Exception as err:  # SafetensorError, or OSError on a truncated tensor
             raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
-    if _is_torchscript_archive(path):
-        module = torch.jit.load(str(path), map_location="cpu")
-        return {k: v for k, v in module.state_dict().items()}
+    try:
+        if _is_torchscript_archive(path):
+            module = torch.jit.load(str(path), map_location="cpu")
+            return {k: v for k, v in module.state_dict().items()}
+    except Exception as err:  # a damaged zip directory or TorchScript archive: zipfile's or torch's own errors
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -58,8 +62,14 @@ def load_state_file(path: PathLike) -> StateDict | dict[str, Any]:
             f"containers, which could run code (torch.load(weights_only=True) said: {str(err).splitlines()[0]}). "
             "Only load checkpoints you trust; convert trusted ones with `detris convert-official`."
         ) from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:  # OSError: a truncated zip
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({err})") from err
+    except Exception as err:
+        # A damaged file fails in many places (zipfile's BadZipFile or NotImplementedError, torch's
+        # RuntimeError, an OSError on a truncated member, the unpickler's KeyError/ValueError/...):
+        # whichever it is, the file is unreadable, and the error must say which file.
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err}); the file is damaged "
+            "or truncated: download or copy it again"
+        ) from err
 
 
 def as_state_dict(source: PathLike | Mapping[str, Any]) -> dict[str, Any]:

@@ -23,12 +23,17 @@ DETRIS_SKIPPED_PREFIXES = ("txt_backbone.visual.",)
 def extract_state_dict(checkpoint: Mapping[str, Any]) -> StateDict:
     """The model tensors of an official training checkpoint (``state_dict`` / ``model`` entry or bare),
     with the DDP ``module.`` prefix removed."""
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"the checkpoint holds a {type(checkpoint).__name__}, not a dict of tensors (expected a "
+            "'state_dict' entry or a bare state dict)"
+        )
     sd = checkpoint
     for key in ("state_dict", "model"):
         if key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]
             break
-    sd = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+    sd = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, Tensor)}
     if not sd:
         raise CheckpointError("the checkpoint holds no tensors (expected a 'state_dict' entry or a bare state dict)")
     return strip_prefix(sd, ("module.",))
@@ -37,8 +42,8 @@ def extract_state_dict(checkpoint: Mapping[str, Any]) -> StateDict:
 def infer_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     """Architecture sizes read off a DETRIS state dict's shapes (for error messages and conversion)."""
     info: dict[str, Any] = {}
-    if "dinov2.pos_embed" in sd:
-        info["vision_width"] = int(sd["dinov2.pos_embed"].shape[-1])
+    if (width := _size(sd, "dinov2.pos_embed", -1)) is not None:
+        info["vision_width"] = width
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"dinov2\.blocks\.(\d+)\.", k))}
     if blocks:
         info["vision_depth"] = max(blocks) + 1
@@ -48,11 +53,21 @@ def infer_config(sd: Mapping[str, Tensor]) -> dict[str, Any]:
     )
     info["vision_adapter_layers"] = vis_ad
     info["text_adapter_layers"] = txt_ad
-    if vis_ad:
-        info["vision_adapter_dim"] = int(sd[f"dinov2.blocks.{vis_ad[0]}.adapter.D_fc1.weight"].shape[0])
-    if txt_ad:
-        info["text_adapter_dim"] = int(sd[f"txt_backbone.transformer.resblocks.{txt_ad[0]}.adapter.D_fc1.weight"].shape[0])
+    if vis_ad and (dim := _size(sd, f"dinov2.blocks.{vis_ad[0]}.adapter.D_fc1.weight", 0)) is not None:
+        info["vision_adapter_dim"] = dim
+    if txt_ad and (dim := _size(sd, f"txt_backbone.transformer.resblocks.{txt_ad[0]}.adapter.D_fc1.weight", 0)) \
+            is not None:
+        info["text_adapter_dim"] = dim
     return info
+
+
+def _size(sd: Mapping[str, Tensor], key: str, axis: int) -> int | None:
+    """``sd[key].shape[axis]``, or None when the file lacks the tensor or it has too few dimensions (a
+    damaged or partial file: the strict load then names what is missing or misshapen)."""
+    tensor = sd.get(key)
+    if tensor is None or tensor.dim() <= (axis if axis >= 0 else -axis - 1):
+        return None
+    return int(tensor.shape[axis])
 
 
 def guess_variant(sd: Mapping[str, Tensor]) -> str | None:
