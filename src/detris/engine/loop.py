@@ -499,9 +499,10 @@ def _finish(run: _Run) -> dict[str, Any]:
     return summary
 
 
-def _train(cfg: RunConfig, resume: str | None, info: DistInfo, stop: threading.Event) -> dict[str, Any]:
+def _train(cfg: RunConfig, resume: str | None, info: DistInfo, stop: threading.Event | None = None) -> dict[str, Any]:
     run = _setup(cfg, resume, info)
-    run.stop = stop
+    if stop is not None:
+        run.stop = stop
     run.t0 = time.monotonic()
     if info.is_main and cfg.output.progress:
         from tqdm import tqdm
