@@ -152,3 +152,19 @@ def test_int8_quantises_a_copy_of_the_vision_tower():
     assert "dtype=int8" in repr(predictor)
     with pytest.raises(ValueError, match="CPU only"):
         resolve_dtype("int8", torch.device("cuda"))
+
+
+def test_low_precision_leaves_no_autocast_behind_when_the_tower_raises():
+    from detris.inference import low_precision
+
+    model = random_tiny_model(112)
+
+    def broken(*args, **kwargs):
+        assert torch.is_autocast_enabled("cpu")  # inside the tower's scope
+        raise RuntimeError("a block failed")
+
+    model.dinov2.blocks[0].forward = broken
+    with pytest.raises(RuntimeError, match="a block failed"):
+        with low_precision(model, torch.bfloat16, CPU):
+            model(torch.randn(1, 3, 112, 112), torch.randint(1, 400, (1, 17)))
+    assert not torch.is_autocast_enabled("cpu")

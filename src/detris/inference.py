@@ -79,6 +79,8 @@ def low_precision(model: nn.Module, dtype: torch.dtype | None, device: torch.dev
     finally:
         for hook in hooks:
             hook.remove()
+        while scopes:  # the tower raised: its autocast must not outlive the call
+            scopes.pop().__exit__(None, None, None)
 
 
 def forward_logits(
