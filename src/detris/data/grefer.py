@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .refer import PathLike, safe_load_pickle, segmentation_to_mask
+from .refer import PathLike, read_coco_instances, safe_load_pickle, segmentation_to_mask
 
 __all__ = ["GREFCOCO_FOLDER", "NO_TARGET", "GReferDataset"]
 
@@ -58,14 +58,8 @@ class GReferDataset:
         if not self.instances_path.is_file():
             raise FileNotFoundError(f"gRefCOCO instances file not found: {self.instances_path}")
         refs, self.refs_path = _load_refs(folder, split_by)
-        try:
-            instances = json.loads(self.instances_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{self.instances_path}: not valid JSON ({exc})") from None
-        if not isinstance(instances, dict) or not {"images", "annotations"} <= set(instances):
-            raise ValueError(f"{self.instances_path}: expected a COCO dict with 'images' and 'annotations'")
-        self.images = {int(im["id"]): im for im in instances["images"]}
-        self.anns = {int(a["id"]): a for a in instances["annotations"]}
+        # The same checked COCO reader as the REFER sets.
+        self.images, self.anns, self.categories = read_coco_instances(self.instances_path)
         if not isinstance(refs, list):
             raise ValueError(f"{self.refs_path}: expected a list of refs, got {type(refs).__name__}")
         self.refs: dict[int, dict[str, Any]] = {}
@@ -123,5 +117,8 @@ class GReferDataset:
         h, w = int(image["height"]), int(image["width"])
         mask = np.zeros((h, w), np.uint8)
         for ann in self.target_annotations(ref_id):
-            mask |= segmentation_to_mask(ann["segmentation"], h, w, strict=False)
+            try:
+                mask |= segmentation_to_mask(ann.get("segmentation"), h, w, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{self.instances_path}: annotation {ann.get('id')} (ref_id {ref_id}): {exc}") from None
         return mask

@@ -39,6 +39,7 @@ __all__ = [
     "SafeUnpickler",
     "UnsafePickleError",
     "load_refer",
+    "read_coco_instances",
     "safe_load_pickle",
     "segmentation_to_mask",
 ]
@@ -382,6 +383,22 @@ def _check_image_record(image: dict[str, Any], path: Path) -> None:
         )
 
 
+def read_coco_instances(path: Path) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[int, str]]:
+    """A COCO ``instances.json`` checked and indexed: ``(images, annotations, category names)`` by id.
+
+    Raises:
+        ValueError: not UTF-8 JSON, not a COCO object, a record without a usable ``id``, an image
+            without a file name or a positive size -- each naming the file (and the record).
+    """
+    instances = _read_instances(path)
+    images = _index_records(instances["images"], path, "images")
+    for image in images.values():
+        _check_image_record(image, path)
+    anns = _index_records(instances["annotations"], path, "annotations")
+    categories = _index_records(instances.get("categories", []), path, "categories")
+    return images, anns, {cid: str(c.get("name", cid)) for cid, c in categories.items()}
+
+
 def _check_ref(ref: dict[str, Any], i: int, path: Path) -> int:
     """Check one ref's fields (ids, split, sentences with text); returns its ref_id."""
     missing = [k for k in _REQUIRED_REF_KEYS if k not in ref]
@@ -443,13 +460,10 @@ class ReferDataset:
         refs = safe_load_pickle(refs_path)
         if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
             raise ValueError(f"{refs_path}: expected a list of ref dicts, got {type(refs).__name__}")
-        instances = _read_instances(inst_path)
-        self.images: dict[int, dict[str, Any]] = _index_records(instances["images"], inst_path, "images")
-        for image in self.images.values():
-            _check_image_record(image, inst_path)
-        self.anns: dict[int, dict[str, Any]] = _index_records(instances["annotations"], inst_path, "annotations")
-        categories = _index_records(instances.get("categories", []), inst_path, "categories")
-        self.categories: dict[int, str] = {cid: str(c.get("name", cid)) for cid, c in categories.items()}
+        self.images: dict[int, dict[str, Any]]
+        self.anns: dict[int, dict[str, Any]]
+        self.categories: dict[int, str]
+        self.images, self.anns, self.categories = read_coco_instances(inst_path)
         self.refs: dict[int, dict[str, Any]] = {}
         for i, ref in enumerate(refs):
             ref_id = _check_ref(ref, i, refs_path)
