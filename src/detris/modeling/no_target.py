@@ -45,7 +45,9 @@ class NoTargetHead(nn.Module):
     def forward(self, features: Tensor, sentence: Tensor, mask_logits: Tensor) -> Tensor:
         """features (N, C, h, w), sentence (N, text_dim), mask_logits (N, 1, H, W) -> logits (N,)."""
         n = features.shape[0]
-        weight = mask_logits.detach().float().sigmoid()
+        logits = mask_logits.detach().float()
+        prob = logits.sigmoid()
+        weight = prob
         if weight.shape[-2:] != features.shape[-2:]:
             # The mask is at a finer grid than the decoder map: average it down (a fixed map).
             weight = F.adaptive_avg_pool2d(weight, (features.shape[-2], features.shape[-1]))
@@ -53,8 +55,7 @@ class NoTargetHead(nn.Module):
         w = weight.flatten(2)  # (N, 1, h*w)
         mean = feats.mean(2)
         masked = (feats * w).sum(2) / w.sum(2).clamp_min(1e-6)
-        flat_logits = mask_logits.detach().float().flatten(1)
-        stats = torch.stack([flat_logits.amax(1), flat_logits.sigmoid().mean(1)], dim=1)
+        stats = torch.stack([logits.flatten(1).amax(1), prob.flatten(1).mean(1)], dim=1)
         dtype = self.txt.weight.dtype
         text = self.txt(sentence.to(dtype))
         x = torch.cat([mean.to(dtype), masked.to(dtype), text, stats.to(dtype)], dim=1)
