@@ -50,6 +50,7 @@ def record(model_dir: Path) -> dict:
     logits = model(images, tokens)
     return {
         "seed": REFERENCE_SEED, "image_size": size, "word_len": word_len, "texts": texts,
+        "patch_size": model.config.patch_size, "pretrained_grid": model.config.pretrained_grid,
         "sentence": sentence[:, :8].tolist(),
         "vision_final_cls": final[:, 0, :8].tolist(),
         "vision_final_mean_abs": final.abs().mean().item(),

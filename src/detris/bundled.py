@@ -14,6 +14,7 @@ from pathlib import Path
 
 __all__ = [
     "TINY_TOWER_FILES",
+    "TINY_TOWER_GEOMETRY",
     "DEMO_MODEL_NAME",
     "BundledAssetError",
     "assets_dir",
@@ -27,6 +28,8 @@ TINY_TOWER_FILES = {
     "dinov2": "detris-tiny-synthetic-dinov2.safetensors",
     "clip": "detris-tiny-synthetic-clip.safetensors",
 }
+#: The towers' geometry (``DetrisConfig`` fields): 8 px patches, pretrained on a 14 x 14 grid (112 px).
+TINY_TOWER_GEOMETRY = {"patch_size": 8, "pretrained_grid": 14}
 #: Name of the bundled demo model (an adapter-only model directory on top of the tiny towers).
 DEMO_MODEL_NAME = "detris-tiny-synthetic"
 

@@ -55,6 +55,20 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and its section."""
 
 
+def _check_bundled_geometry(m: ModelConfig, key: str) -> None:
+    """The bundled towers fit one patch size and position grid; other values would fail to load."""
+    from ..bundled import TINY_TOWER_GEOMETRY
+    from ..variants import get_variant
+
+    variant = get_variant(m.variant)
+    for name, value in TINY_TOWER_GEOMETRY.items():
+        got = m.overrides.get(name, getattr(variant, name))
+        if got != value:
+            wanted = ", ".join(f"{k}: {v}" for k, v in TINY_TOWER_GEOMETRY.items())
+            raise ConfigError(f"model.overrides.{name}: {got}, but the bundled towers ({key}: bundled) were "
+                              f"pretrained with {name} {value}; set model.overrides {{{wanted}}}")
+
+
 @dataclass
 class ModelConfig:
     """What to build: a named variant, optional backbone files, variant field overrides."""
@@ -168,6 +182,8 @@ class RunConfig:
         bundled = [k for k in ("dinov2_weights", "clip_weights") if getattr(m, k) == BUNDLED]
         if bundled and get_variant_name(m.variant) != "detris-tiny":
             raise ConfigError(f"model.{bundled[0]}: the bundled towers are detris-tiny's, not {m.variant!r}")
+        if bundled:
+            _check_bundled_geometry(m, bundled[0])
         if d.dataset not in DATASETS:
             raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; choose one of {list(DATASETS)}")
         if d.dataset == "mixed" and (not d.mixed or any(n not in _MIXABLE for n in d.mixed)):
