@@ -345,7 +345,7 @@ model:
   variant: detris-tiny
   dinov2_weights: bundled
   clip_weights: bundled
-  overrides: {word_len: 17}
+  overrides: {word_len: 17, patch_size: 8, pretrained_grid: 14}
 data:
   dataset: synthetic
   synthetic: {train_images: 8, val_images: 2, image_size: [64, 64]}

@@ -25,7 +25,7 @@ CONFIGS = REPO / "configs"
 
 # A few-second run: 56 px inputs (4x4 patch grid), a handful of 64 px scenes.
 TINY = [
-    "model.overrides={image_size: 56}",
+    "model.overrides.image_size=56",
     "data.synthetic.train_images=8",
     "data.synthetic.val_images=2",
     "data.synthetic.image_size=[64, 64]",
@@ -303,7 +303,8 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     statistics and the same averaged gradient. Dropout is 0 so both runs see identical activations.
     """
     common = ["train.epochs=1", "train.max_steps=3", "train.evaluate=false", "train.batch_size=4",
-              "train.micro_batch_size=2", "model.overrides={image_size: 56, decoder_dropout: 0.0}",
+              "train.micro_batch_size=2", "model.overrides.image_size=56",
+              "model.overrides.decoder_dropout=0.0",
               "output.tensorboard=false"]
     single = _run_train(tmp_path / "one", common)
     assert single.returncode == 0, single.stderr[-3000:]

@@ -403,7 +403,7 @@ def test_generalized_synthetic_training_validates_with_gres_metrics(tmp_path):
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     overrides = [
-        "model.overrides={image_size: 56, no_target_head: true}", "data.synthetic.train_images=6",
+        "model.overrides.image_size=56", "model.overrides.no_target_head=true", "data.synthetic.train_images=6",
         "data.synthetic.val_images=2", "data.synthetic.image_size=[64, 64]", "data.synthetic.max_objects=3",
         "train.batch_size=4", "train.epochs=1", "train.max_steps=2", "train.max_minutes=null", "train.num_threads=1",
         "output.progress=false", "output.plot=false", "output.tensorboard=false", f"output.dir={tmp_path}",
