@@ -55,19 +55,23 @@ def write_overlays(model: torch.nn.Module, scenes: list[Scene], out_dir: Path, m
 # * fp32 on two compute threads with the data read in the training process (a 112 px sample is cheap
 #   to read). On a machine shared with other jobs use `--set train.num_threads=1 --set
 #   data.num_workers=1`: two threads wait on each other whenever a core is taken, one thread does not;
+# * batch 8 and no dropout in the decoder (official: batch 32 over 8 GPUs, dropout 0.1): a ten-minute
+#   run is short of updates, not of regularisation; dropout on the decoder's attention costs a quarter
+#   of a step here, and the two together give three times the updates per minute of batch 16 with
+#   dropout (6692 against 2251 in ten minutes; val mIoU 0.758 against 0.726-0.732);
 # * 1500 training scenes: more variety than a 10-minute run can memorise, few validation passes.
 _DEMO = {
     # The frozen towers: pretrained on synthetic scenes of another seed (tools/pretrain_tiny.py).
-    "model": {"variant": "detris-tiny", "overrides": {"image_size": 112, **TINY_TOWER_GEOMETRY},
+    "model": {"variant": "detris-tiny", "overrides": {"image_size": 112, "decoder_dropout": 0.0, **TINY_TOWER_GEOMETRY},
               "dinov2_weights": "bundled", "clip_weights": "bundled"},
     "data": {"dataset": "synthetic", "num_workers": 0,
              "synthetic": {"train_images": 1500, "val_images": 40, "image_size": [112, 112], "max_objects": 4}},
-    "train": {"epochs": 100, "lr": 1.0e-3, "lr_schedule": "cosine", "batch_size": 16, "val_batch_size": 32,
+    "train": {"epochs": 100, "lr": 1.0e-3, "lr_schedule": "cosine", "batch_size": 8, "val_batch_size": 32,
               "dice_weight": 1.0, "num_threads": 2, "device": "cpu", "precision": "fp32", "max_minutes": 10.0},
     "output": {},
 }
 _QUICK = {  # the test's version: tiny scenes, ~120 small steps; learns enough to beat both baselines
-    "model": {"overrides": {"image_size": 64, **TINY_TOWER_GEOMETRY}},
+    "model": {"overrides": {"image_size": 64, "decoder_dropout": 0.0, **TINY_TOWER_GEOMETRY}},
     "data": {"synthetic": {"train_images": 48, "val_images": 6, "image_size": [64, 64], "max_objects": 3}},
     "train": {"epochs": 4, "batch_size": 4, "lr": 2.0e-3},
 }
