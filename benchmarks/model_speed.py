@@ -18,8 +18,9 @@ variant's ``word_len``, 17) and square inputs (``--size``, default 448). Section
    Each configuration runs in a fresh subprocess, so that its peak memory is its own: the RSS
    high-water mark on CPU (reset after the model, inputs and optimizer are built and one step has
    allocated the optimizer state), the allocator peak on GPU.
-4. **Profile**: op self time of one float32 eval forward by kind of op (matmul, convolution,
-   attention, normalization, copies, other), and the top single ops.
+4. **Profile**: op self time of one eval forward (``--profile-precision``: float32, or what
+   ``--dtype bfloat16`` / ``int8`` run) by kind of op (matmul, convolution, attention, normalization,
+   copies, other), and the top single ops.
 5. **bf16 mask agreement**: mean IoU between bf16-autocast masks and float32 masks after the official
    post-processing (sigmoid, bicubic resize, inverse letterbox to a 640x480 original, ``> 0.35``).
 
@@ -33,6 +34,7 @@ Everything runs with ``--threads`` torch threads (default 2). ``--device cuda`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -194,15 +196,29 @@ OP_KINDS = {
 }
 
 
+def profiled_model(model: nn.Module, precision: str, device: torch.device):
+    """The model and the context of one ``--profile-precision`` forward: what ``--dtype float32`` /
+    ``bfloat16`` / ``int8`` run (`detris.inference.low_precision`, `detris.precision.quantize_vision_int8`)."""
+    from detris.inference import low_precision
+    from detris.precision import quantize_vision_int8
+
+    if precision == "bf16-vision":
+        return model, low_precision(model, torch.bfloat16, device)
+    if precision == "int8-vision":
+        return quantize_vision_int8(model).eval(), contextlib.nullcontext()
+    return model, contextlib.nullcontext()
+
+
 def profile_section(args, device: torch.device) -> list[dict[str, Any]]:
-    """Self time by kind of op for one eval forward per variant (fp32, batch ``--profile-batch``)."""
+    """Self time by kind of op for one eval forward per variant (batch ``--profile-batch``, precision
+    ``--profile-precision``)."""
     from torch.profiler import ProfilerActivity, profile
 
     rows = []
     for variant in args.variants:
-        model = build(variant, args.seed, device).eval()
+        model, scope = profiled_model(build(variant, args.seed, device).eval(), args.profile_precision, device)
         images, tokens = inputs(model, args.profile_batch, args.size, device)
-        with torch.no_grad():
+        with torch.no_grad(), scope:
             model(images, tokens)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 model(images, tokens)
@@ -354,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", nargs="*", default=[], choices=["eval", "train", "iou", "profile"])
     p.add_argument("--profile-batch", type=int, default=2, help="batch of the profiled forward")
     p.add_argument("--profile-top", type=int, default=12, help="single ops listed in the profile")
+    p.add_argument("--profile-precision", choices=["fp32", "bf16-vision", "int8-vision"], default="fp32",
+                   help="what the profiled forward runs: float32, --dtype bfloat16 or --dtype int8")
     p.add_argument("--max-foreign-cores", type=float, default=0.2,
                    help="discard (and repeat) a timed run during which other processes used more than "
                         "this many cores on average (shared machines)")
@@ -413,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
                       ["variant", "precision", "checkpointing", "batch", "step_s", "peak_rss_gib",
                        "rss_before_step_gib", "train_gflop", "runs", "discarded", "foreign_cores_max"])
     if "profile" in results:
-        B.print_table("Where the time goes (one fp32 eval forward, op self time)", results["profile"],
+        B.print_table(f"Where the time goes (one {args.profile_precision} eval forward, op self time)", results["profile"],
                       ["variant", "batch", "kind", "self_s", "share", "calls"])
     if "bf16_masks" in results:
         B.print_table("bf16 autocast vs fp32 masks", results["bf16_masks"],

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from detris import build_model
+from detris.modeling import head as head_module
 from detris.modeling.adapters import ConvBNReLU
 from detris.modeling.common import DropoutAttention, conv_bn_relu, fold_batchnorm
-from detris.modeling.head import dynamic_conv
+from detris.modeling.head import Projector, dynamic_conv, training_layout
 from model_fixtures import make_tokens
 
 
@@ -281,30 +282,65 @@ def test_stages_do_not_depend_on_the_memory_format(tiny):
         assert rel_diff(head_cl, head_nchw) < 1e-5
 
 
-def test_head_convolutions_are_channels_last_for_inference_and_standard_in_training():
-    """oneDNN's 3x3 convolutions: channels-last is faster forward, the standard layout is faster for
-    the weight gradient; the head picks by mode, whatever layout the decoder hands over."""
-    torch.manual_seed(0)
-    model = build_model("detris-tiny")
-    seen = []
-    # The conv + BN + ReLU units (in eval the folded convolution is called inside them, not as a module).
-    convs = [m for m in model.proj.vis if isinstance(m, nn.Sequential) and m[0].kernel_size == (3, 3)]
-    assert len(convs) == 2
-    hooks = [c.register_forward_pre_hook(lambda _m, args: seen.append(
+def _conv_unit_layouts(model: nn.Module, run) -> list[str]:
+    """Layouts of the inputs of the head's conv + BN + ReLU units while ``run()`` runs."""
+    seen: list[str] = []
+    # In eval the folded convolution is called inside the units, not as a module: hook the units.
+    units = [m for m in model.proj.vis if isinstance(m, nn.Sequential) and m[0].kernel_size == (3, 3)]
+    assert len(units) == 2
+    hooks = [u.register_forward_pre_hook(lambda _m, args: seen.append(
         "channels_last" if not args[0].is_contiguous() and args[0].is_contiguous(memory_format=torch.channels_last)
-        else "standard" if args[0].is_contiguous() else "other")) for c in convs]
-    images, tokens = torch.randn(2, 3, 112, 112), make_tokens(2, seed=8)
+        else "standard" if args[0].is_contiguous() else "other")) for u in units]
     try:
-        _, loss = model.train()(images, tokens, torch.zeros(2, 1, 112, 112))
-        loss.backward()
-        training = seen[:2]
-        seen.clear()
-        with torch.no_grad():
-            model.eval()(images, tokens)
-        assert (training, seen) == (["standard"] * 2, ["channels_last"] * 2)
+        run()
     finally:
         for h in hooks:
             h.remove()
+    return seen
+
+
+def test_head_convolutions_run_channels_last_on_cpu_in_both_modes():
+    """Whatever layout the decoder hands over, the tiny head's units see channels-last maps."""
+    torch.manual_seed(0)
+    model = build_model("detris-tiny")
+    images, tokens = torch.randn(2, 3, 112, 112), make_tokens(2, seed=8)
+
+    def train_step():
+        model.train()(images, tokens, torch.zeros(2, 1, 112, 112))[1].backward()
+
+    def infer():
+        with torch.no_grad():
+            model.eval()(images, tokens)
+
+    assert _conv_unit_layouts(model, train_step) == ["channels_last"] * 2
+    assert _conv_unit_layouts(model, infer) == ["channels_last"] * 2
+
+
+@pytest.mark.parametrize(("channels", "expected"), [
+    (64, torch.channels_last),  # the tiny model: upsampling and convolutions gain from channels-last
+    (256, torch.channels_last),
+    (512, torch.contiguous_format),  # DETRIS-B/L: oneDNN's channels-last weight gradient is slower on AVX2
+])
+def test_training_layout_by_width(channels, expected):
+    assert training_layout(torch.empty(1, channels, 2, 2)) == expected
+
+
+def test_head_gradients_do_not_depend_on_the_training_layout(monkeypatch):
+    """The same loss and parameter gradients from the head trained in either layout (float64)."""
+    torch.manual_seed(3)
+    proj = Projector(text_dim=16, in_dim=8).double().train()
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64)
+    sentence = torch.randn(2, 16, dtype=torch.float64)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        monkeypatch.setattr(head_module, "training_layout", lambda _x, layout=layout: layout)
+        proj.zero_grad()
+        out = proj(x, sentence)
+        out.square().mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in proj.parameters()]))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert (out_a - out_b).abs().max().item() < 1e-12
+    assert max((a - b).abs().max().item() for a, b in zip(grads_a, grads_b, strict=True)) < 1e-10
 
 
 def test_block_residuals_match_the_written_formula(tiny):

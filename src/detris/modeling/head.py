@@ -72,6 +72,21 @@ def dynamic_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return out.unsqueeze(1)
 
 
+# Input channels from which the head's units train at least as fast in the standard layout: oneDNN's
+# channels-last weight gradient of wide 3x3 convolutions runs at about half speed on AVX2 CPUs (and no
+# faster than the standard one with AVX-512), while narrow maps gain more from channels-last upsampling.
+_WIDE_CHANNELS = 512
+
+
+def training_layout(x: Tensor) -> torch.memory_format:
+    """Memory layout in which to train the head's upsample + 3x3 convolution units on ``x`` (N, C, H, W):
+    channels-last for narrow maps on CPU (1.5-1.7x faster for the tiny model's units;
+    ``benchmarks/head_layout.py``), the standard layout for wide ones and on GPUs (not measured there)."""
+    if x.device.type == "cpu" and x.shape[1] < _WIDE_CHANNELS:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class Projector(nn.Module):
     """Upsample x4 (bilinear x2, conv, bilinear x2, conv, 1x1) and apply a kernel + bias predicted from
     the sentence vector, one per sample. With ``fast_path`` (default) the per-sample kernels are
@@ -101,13 +116,10 @@ class Projector(nn.Module):
     def forward(self, x: Tensor, sentence: Tensor) -> Tensor:
         """x (N, 2*in_dim, H, W), sentence (N, text_dim) -> logits (N, 1, 4H, 4W)."""
         if self.fast_path:
-            # Memory layout of the two large 3x3 convolutions (oneDNN on CPU): channels-last runs their
-            # forward faster but their weight gradient slower (docs/benchmarks.md); so channels-last
-            # for inference and the standard layout when training.
-            if torch.is_grad_enabled() and self.training:
-                x = x.contiguous()
-            else:
-                x = x.contiguous(memory_format=torch.channels_last)
+            # Memory layout of the two upsample + 3x3 convolution units (oneDNN on CPU): channels-last
+            # runs their forward faster; in training it depends on the width (`training_layout`).
+            x = x.contiguous(memory_format=training_layout(x) if torch.is_grad_enabled() and self.training
+                             else torch.channels_last)
             up1, unit1, up2, unit2, pointwise = self.vis
             x = pointwise(upsample_then(up2, unit2, upsample_then(up1, unit1, x)))
         else:
