@@ -72,19 +72,21 @@ def dynamic_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return out.unsqueeze(1)
 
 
-# Input channels from which the head's units train at least as fast in the standard layout: oneDNN's
-# channels-last weight gradient of wide 3x3 convolutions runs at about half speed on AVX2 CPUs (and no
-# faster than the standard one with AVX-512), while narrow maps gain more from channels-last upsampling.
+# Input channels from which the head's units train at least as fast in the standard layout in float32:
+# oneDNN's channels-last weight gradient of wide 3x3 convolutions runs at about half speed on AVX2 CPUs
+# (and no faster than the standard one with AVX-512), while narrow maps gain more from channels-last
+# upsampling. Its bfloat16 convolutions are faster channels-last at every width.
 _WIDE_CHANNELS = 512
 
 
 def training_layout(x: Tensor) -> torch.memory_format:
     """Memory layout in which to train the head's upsample + 3x3 convolution units on ``x`` (N, C, H, W):
-    channels-last for narrow maps on CPU (1.5-1.7x faster for the tiny model's units;
-    ``benchmarks/head_layout.py``), the standard layout for wide ones and on GPUs (not measured there)."""
-    if x.device.type == "cpu" and x.shape[1] < _WIDE_CHANNELS:
-        return torch.channels_last
-    return torch.contiguous_format
+    on CPU channels-last for narrow maps or under bfloat16 autocast (1.25-1.7x faster units;
+    ``benchmarks/head_layout.py``), else the standard layout; on GPUs the standard layout (not measured)."""
+    if x.device.type != "cpu":
+        return torch.contiguous_format
+    bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return torch.channels_last if bf16 or x.shape[1] < _WIDE_CHANNELS else torch.contiguous_format
 
 
 class Projector(nn.Module):
