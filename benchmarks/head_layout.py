@@ -25,12 +25,12 @@ from collections.abc import Callable
 import torch
 
 from _bench import alternate_timed, machine_info, median, print_table, write_json
-from detris.bundled import TINY_TOWER_GEOMETRY
+from detris.demo import demo_settings
 from detris.modeling.head import Projector, upsample_then
 from detris.variants import get_variant
 
-# The demo's geometry for the tiny variant (src/detris/demo.py); the released variants as trained.
-_OVERRIDES = {"detris-tiny": {"image_size": 112, **TINY_TOWER_GEOMETRY}}
+# The tiny variant as the demo builds it (input size, patch size); the released variants as trained.
+_OVERRIDES = {"detris-tiny": demo_settings()["model"]["overrides"]}
 
 
 def unit_step(proj: Projector, x0: torch.Tensor, layout: torch.memory_format, bf16: bool) -> Callable[[], None]:
