@@ -49,6 +49,8 @@ def run_one(out_dir: Path, seed: int, minutes: float, quick: bool, overrides: Se
         "out_dir": str(out_dir),
         "steps": result["steps"],
         "train_minutes": result["train_minutes"],
+        "test_mIoU": (result["test"] or {}).get("mIoU", float("nan")),
+        "test_oIoU": (result["test"] or {}).get("oIoU", float("nan")),
         "val_mIoU": result["last_val"].get("mIoU"),
         "val_oIoU": result["last_val"].get("oIoU"),
         "best_mIoU": result["val"].get("mIoU"),
@@ -71,11 +73,12 @@ def print_tables(runs: list[dict[str, Any]]) -> None:
             print(f"| {run['seed']} | {p['epoch']} | {p['step']} | {mins} | {p['mIoU']:.3f} | {p['oIoU']:.3f} "
                   f"| {p['Pr@50']:.3f} | {p['Pr@90']:.3f} |")
     print()
-    print("| seed | steps | training min | val mIoU (last) | best | whole-image baseline | loss first -> last "
-          "| load before / after |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| seed | steps | training min | held-out test mIoU | oIoU | val mIoU (last) | best | whole-image baseline "
+          "| loss first -> last | load before / after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
-        print(f"| {run['seed']} | {run['steps']} | {run['train_minutes']:.2f} | {run['val_mIoU']:.3f} "
+        print(f"| {run['seed']} | {run['steps']} | {run['train_minutes']:.2f} | {run['test_mIoU']:.3f} "
+              f"| {run['test_oIoU']:.3f} | {run['val_mIoU']:.3f} "
               f"| {run['best_mIoU']:.3f} | {run['whole_image_mIoU']:.3f} "
               f"| {run['loss_first']:.3f} -> {run['loss_last']:.3f} | {run['load_before']} / {run['load_after']} |")
 
@@ -99,11 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in args.seeds:
             run = run_one(root / f"seed_{seed}", seed, args.minutes, args.quick, args.overrides)
             runs.append(run)
-            print(f"seed {seed}: val mIoU {run['val_mIoU']:.3f} after {run['steps']} steps / "
+            print(f"seed {seed}: held-out test mIoU {run['test_mIoU']:.3f}, val mIoU {run['val_mIoU']:.3f} after {run['steps']} steps / "
                   f"{run['train_minutes']:.2f} min (load {run['load_before']} -> {run['load_after']})", flush=True)
     print_tables(runs)
-    ious = [r["val_mIoU"] for r in runs]
-    print(f"\nval mIoU over {len(ious)} seed(s): min {min(ious):.3f}, mean {sum(ious) / len(ious):.3f}, "
+    ious = [r["test_mIoU"] for r in runs]
+    print(f"\nheld-out test mIoU over {len(ious)} seed(s): min {min(ious):.3f}, mean {sum(ious) / len(ious):.3f}, "
           f"max {max(ious):.3f}; budget {args.minutes} min")
     if args.json is not None:
         report = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -44,12 +46,43 @@ def test_quick_demo_trains_and_writes_overlays(tmp_path):
     assert overlays
     assert Image.open(overlays[0]).size == (64, 64)  # the quick scenes are 64 x 64
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"val", "last_val", "baselines", "steps"} <= set(metrics)
+    assert {"test", "val", "last_val", "baselines", "steps"} <= set(metrics)
     miou, baselines = metrics["last_val"]["mIoU"], metrics["baselines"]
     assert miou > baselines["empty_mask_mIoU"]
     assert miou > baselines["whole_image_mIoU"], (miou, baselines)
     assert (tmp_path / "curves.png").is_file()
     assert (tmp_path / "best" / "model.safetensors").is_file()
+    _check_held_out_score(tmp_path, metrics["test"])
+
+
+def _check_held_out_score(run: Path, test: dict) -> None:
+    """The held-out score is the official test protocol over every sentence of the scenes after the
+    validation ones, recomputed here from the generator's own masks (no files, no RLE) through the
+    Predictor: mIoU = mean of I / (U + 1e-6), oIoU = sum I / sum U, Pr@t = share of IoU > t."""
+    from detris.data.synthetic import SyntheticScenes
+    from detris.demo import demo_settings
+    from detris.predictor import Predictor
+
+    s = demo_settings(quick=True)["data"]["synthetic"]
+    first = s["train_images"] + s["val_images"]
+    scenes = SyntheticScenes(first + s["test_images"], seed=0, image_size=tuple(s["image_size"]),
+                             max_objects=s["max_objects"])
+    predictor = Predictor.from_pretrained(run / "best", device="cpu", dtype="float32")
+    inter, union = [], []
+    for index in range(first, first + s["test_images"]):
+        scene = scenes[index]
+        for obj in scene.objects:
+            for pred in predictor.predict(scene.image, list(obj.expressions)):
+                truth = obj.mask.astype(bool)
+                inter.append(float((pred.mask & truth).sum()))
+                union.append(float((pred.mask | truth).sum()))
+    ious = np.array(inter) / (np.array(union) + 1e-6)
+    assert test["scenes"] == s["test_images"]
+    assert test["expressions"] == len(ious)
+    assert test["mIoU"] == pytest.approx(ious.mean(), abs=2e-3)
+    assert test["oIoU"] == pytest.approx(sum(inter) / sum(union), abs=2e-3)
+    for t in (50, 70, 90):
+        assert test[f"Pr@{t}"] == pytest.approx((ious > t / 100).mean(), abs=1.5 / len(ious))
 
 
 def test_config_file_holds_the_demo_settings():

@@ -95,6 +95,9 @@ class SyntheticDataConfig:
 
     train_images: int = 400
     val_images: int = 50
+    # Scenes after the val ones, written as a "test" split that training never reads: a held-out set
+    # for a final score (``detris demo`` scores its model there; ``detris eval --split test`` too).
+    test_images: int = 0
     image_size: list = field(default_factory=lambda: [256, 256])  # (height, width)
     min_objects: int = 2
     max_objects: int = 5

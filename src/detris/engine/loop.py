@@ -60,7 +60,8 @@ def _synthetic_root(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Path:
     params = json.dumps(dict(vars(s)), sort_keys=True)
     marker = root / "synthetic.json"
     if info.is_main and not (marker.is_file() and marker.read_text() == params):
-        common: dict[str, Any] = dict(splits={"train": s.train_images, "val": s.val_images}, seed=s.seed,
+        splits = {"train": s.train_images, "val": s.val_images} | ({"test": s.test_images} if s.test_images else {})
+        common: dict[str, Any] = dict(splits=splits, seed=s.seed,
                                       image_size=tuple(s.image_size), min_objects=s.min_objects,
                                       max_objects=s.max_objects, max_expressions=s.max_expressions)
         if s.generalized:
