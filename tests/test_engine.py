@@ -28,6 +28,7 @@ TINY = [
     "model.overrides.image_size=56",
     "data.synthetic.train_images=8",
     "data.synthetic.val_images=2",
+    "data.synthetic.test_images=0",
     "data.synthetic.image_size=[64, 64]",
     "data.synthetic.max_objects=3",
     "train.batch_size=4",

@@ -56,7 +56,7 @@ def test_training_needs_no_extra(tmp_path):
     config = Path(__file__).resolve().parents[1] / "configs" / "synthetic-tiny.yaml"
     argv = ["train", str(config), "--set", f"output.dir={tmp_path / 'run'}", "--set", "train.max_steps=2",
             "--set", "data.synthetic.train_images=8", "--set", "data.synthetic.val_images=2",
-            "--set", "output.progress=false"]
+            "--set", "data.synthetic.test_images=0", "--set", "output.progress=false"]
     proc = _run(argv, ["tensorboard", "torch.utils.tensorboard"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "curves.png").is_file()

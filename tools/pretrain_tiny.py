@@ -72,7 +72,7 @@ def pretrain_spec(out_dir: Path, minutes: float, seed: int, train_images: int) -
     """The demo's settings with every tower weight trained, on ``train_images`` scenes of ``seed``."""
     spec = demo_settings()
     spec["model"].update(train_backbones=True, dinov2_weights=None, clip_weights=None)
-    spec["data"]["synthetic"].update(train_images=train_images, val_images=100, seed=seed)
+    spec["data"]["synthetic"].update(train_images=train_images, val_images=100, test_images=0, seed=seed)
     spec["train"].update(seed=seed, max_minutes=minutes, epochs=1000)
     spec["output"].update(dir=str(out_dir), tensorboard=False)
     return spec

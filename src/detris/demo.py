@@ -85,7 +85,8 @@ def score_held_out(model: DETRIS, refer: ReferDataset, image_root: Path, batch_s
 # * 1500 training scenes: more variety than a 10-minute run can memorise, few validation passes;
 # * validation on 40 scenes (first sentence per ref, as the official training validates) to pick the
 #   best epoch, and the final score on 300 further scenes (every sentence, the official test
-#   protocol): on 40 scenes the mIoU of one model moves by about 0.02 with the scenes drawn.
+#   protocol): on 40 scenes the mIoU of one model moves by several hundredths with the scenes
+#   drawn (docs/demo.md).
 _DEMO = {
     # The frozen towers: pretrained on synthetic scenes of another seed (tools/pretrain_tiny.py).
     "model": {"variant": "detris-tiny", "overrides": {"image_size": 112, "decoder_dropout": 0.0, **TINY_TOWER_GEOMETRY},
