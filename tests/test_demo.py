@@ -98,3 +98,25 @@ def test_config_file_holds_the_demo_settings():
     from_demo = config_to_dict(config_from_dict(_DEMO))
     for section in ("model", "data", "train"):
         assert from_file[section] == from_demo[section], section
+
+
+def test_held_out_score_needs_a_test_split(tmp_path):
+    """A synthetic set without held-out scenes (``test_images: 0``) gives no score instead of an error;
+    with them, every sentence of every test ref is scored once."""
+    from detris.build import build_model
+    from detris.data.refer import load_refer
+    from detris.data.synthetic import write_refer_layout
+    from detris.demo import score_held_out
+
+    model = build_model("detris-tiny", image_size=56).eval()
+    for name, splits in (("without", {"train": 2, "val": 1}), ("with", {"train": 1, "val": 1, "test": 2})):
+        layout = write_refer_layout(tmp_path / name, dataset_name="refcoco", splits=splits, image_size=(64, 64),
+                                    max_objects=3)
+        refer = load_refer(tmp_path / name, "refcoco")
+        result = score_held_out(model, refer, layout.image_root, batch_size=4, progress=False)
+        if "test" not in splits:
+            assert result is None
+            continue
+        sentences = sum(len(refer.sentences(r)) for r in refer.ref_ids("test"))
+        assert result is not None and result["expressions"] == sentences > 0
+        assert 0.0 <= result["mIoU"] <= 1.0

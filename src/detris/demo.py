@@ -53,7 +53,7 @@ def score_held_out(model: DETRIS, refer: ReferDataset, image_root: Path, batch_s
     best of its epochs is kept: a number that varies by a few points with the scenes drawn. The held-out
     split is larger and is read once, after training, so it is the demo's measure of quality.
     """
-    if not refer.ref_ids("test"):
+    if "test" not in refer.splits:
         return None
     cfg = model.config
     test_ds = ReferSegDataset(refer, "test", "test", image_root, input_size=cfg.image_size, word_len=cfg.word_len)
