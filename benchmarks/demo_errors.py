@@ -28,6 +28,7 @@ from _bench import cpu_flags, cpu_model_name
 from detris.data.synthetic import SyntheticScenes
 from detris.data.synthetic.expressions import RELATIONS, SIDES, SUPERLATIVES
 from detris.demo import demo_settings
+from detris.metrics import sample_iou
 from detris.predictor import Predictor
 
 KINDS = ("attribute", "superlative", "side", "relation")
@@ -52,10 +53,8 @@ def score(model: str, seed: int, first: int, count: int) -> list[dict]:
         scene = scenes[index]
         texts = [obj.expressions[0] for obj in scene.objects]
         for obj, pred, text in zip(scene.objects, predictor.predict(scene.image, texts), texts, strict=True):
-            truth = obj.mask.astype(bool)
-            iou = (pred.mask & truth).sum() / ((pred.mask | truth).sum() + 1e-6)
-            records.append({"kind": expression_kind(text), "area": int(truth.sum()), "iou": float(iou),
-                            "scene": index})
+            records.append({"kind": expression_kind(text), "area": int(obj.mask.sum()),
+                            "iou": sample_iou(pred.mask, obj.mask), "scene": index})
     return records
 
 

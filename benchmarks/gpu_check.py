@@ -407,8 +407,7 @@ def ddp_overrides(device: torch.device, run_dir: str) -> list[str]:
     items = [
         "model.overrides.image_size=56", "data.synthetic.train_images=8", "data.synthetic.val_images=2",
         "data.synthetic.test_images=0", "data.synthetic.image_size=[64, 64]", "data.synthetic.max_objects=3",
-        "train.epochs=1",
-        "train.batch_size=4", "train.micro_batch_size=2", "train.max_steps=2", "train.max_minutes=null",
+        "train.epochs=1", "train.batch_size=4", "train.micro_batch_size=2", "train.max_steps=2", "train.max_minutes=null",
         "output.tensorboard=false", "output.plot=false", "output.progress=false",
         f"train.device={device.type}", f"output.dir={run_dir}",
     ]

@@ -119,4 +119,5 @@ def test_held_out_score_needs_a_test_split(tmp_path):
             continue
         sentences = sum(len(refer.sentences(r)) for r in refer.ref_ids("test"))
         assert result is not None and result["expressions"] == sentences > 0
+        assert result["scenes"] == splits["test"]
         assert 0.0 <= result["mIoU"] <= 1.0
