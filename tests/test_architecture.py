@@ -14,7 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 APPLICATIONS = ("detris.cli", "detris.app", "detris.demo", "detris.engine", "detris.__main__")
-SERVICES = ("detris.pretrained", "detris.predictor", "detris.evaluate", "detris.export")
+SERVICES = ("detris.pretrained", "detris.predictor", "detris.evaluate", "detris.export", "detris.fetch")
 FACADE = "detris"  # the package root re-exports the public API of every layer
 
 
@@ -78,7 +78,7 @@ def _layer(module: str) -> int:
         return 3
     if module in APPLICATIONS or module.startswith(tuple(a + "." for a in APPLICATIONS)):
         return 2
-    if module in SERVICES:
+    if module in SERVICES or module.startswith(tuple(s + "." for s in SERVICES)):
         return 1
     return 0
 

@@ -162,8 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True,
                    help="refcoco, refcoco+, refcocog_umd, refcocog_google, grefcoco (GRES metrics)")
     p.add_argument("--split", required=True, help="val, testA, testB, test")
-    p.add_argument("--data-root", required=True, help="folder holding refcoco/, refcoco+/, refcocog/, grefcoco/")
-    p.add_argument("--image-root", required=True, help="folder holding the COCO train2014 images")
+    p.add_argument("--data-root", required=True, help="folder holding refcoco/, refcoco+/, refcocog/, grefcoco/ "
+                                                      "(detris data download --root writes this layout)")
+    p.add_argument("--image-root", default=None,
+                   help="folder holding the COCO train2014 images (default: DATA_ROOT/images/train2014)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -220,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="fix the graph's batch size (default: any batch size)")
     p.set_defaults(func=_cmd_export)
+
+    from .data import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 

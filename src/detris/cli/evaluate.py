@@ -21,6 +21,7 @@ from ..evaluate import (
     format_table,
     json_safe,
 )
+from ..fetch.sources import SOURCES, download_command
 from ..postprocess import DEFAULT_THRESHOLD
 from ..precision import INT8, dtype_name, quantize_vision_int8, resolve_dtype
 from ..pretrained import from_pretrained, resolve_model_dir
@@ -29,6 +30,9 @@ from ..utils import resolve_device
 from ..weights import read_model_dir
 
 __all__ = ["run_eval_command"]
+
+#: Where the images are under ``--data-root`` when ``--image-root`` is not given (the download's layout).
+DEFAULT_IMAGE_DIR = SOURCES["coco-train2014"].target
 
 
 def _check_images(dataset: Any, image_root: Path, skip_bad: bool) -> list[str]:
@@ -43,7 +47,8 @@ def _check_images(dataset: Any, image_root: Path, skip_bad: bool) -> list[str]:
         raise FileNotFoundError(
             f"none of the {len(paths)} images of this split is under --image-root {image_root} "
             f"(first expected: {missing[0]}); --image-root must be the folder the 'file_name' entries of "
-            f"instances.json are relative to (COCO train2014 for RefCOCO/+/g)"
+            f"instances.json are relative to (COCO train2014 for RefCOCO/+/g; `detris data download "
+            f"coco-train2014 --root DATA_ROOT` puts it in DATA_ROOT/{DEFAULT_IMAGE_DIR})"
         )
     if missing and not skip_bad:
         shown = "\n  ".join(missing[:5]) + ("\n  ..." if len(missing) > 5 else "")
@@ -54,18 +59,42 @@ def _check_images(dataset: Any, image_root: Path, skip_bad: bool) -> list[str]:
     return missing
 
 
+def _image_root(args: argparse.Namespace) -> Path:
+    """``--image-root``, or ``DATA_ROOT/images/train2014`` (where `detris data download` puts COCO)."""
+    if args.image_root:
+        return Path(args.image_root)
+    default = Path(args.data_root) / DEFAULT_IMAGE_DIR
+    if not default.is_dir():
+        raise FileNotFoundError(
+            f"no --image-root given and {default} (where `detris data download` puts the COCO train2014 images) "
+            f"is not there; pass --image-root, or fetch the images: {download_command('coco-train2014', args.data_root)}"
+        )
+    return default
+
+
+def _read_annotations(args: argparse.Namespace) -> Any:
+    """The REFER / gRefCOCO annotation set; a missing file's error ends with the command that fetches it."""
+    from ..data.grefer import GREFCOCO_FOLDER, GReferDataset
+    from ..data.refer import DATASETS, load_refer
+
+    try:  # both loaders raise FileNotFoundError naming the missing file (and the expected layout)
+        if args.dataset == GREFCOCO_FOLDER:
+            return GReferDataset(args.data_root)
+        return load_refer(args.data_root, args.dataset)
+    except FileNotFoundError as err:
+        folder = GREFCOCO_FOLDER if args.dataset == GREFCOCO_FOLDER else DATASETS[args.dataset].folder
+        raise FileNotFoundError(f"{err}\nfetch it: {download_command(folder, args.data_root)}") from None
+
+
 def _load_split(args: argparse.Namespace, cfg: Any) -> tuple[str, Any]:
     """The split as a test-mode dataset and its ``split_by``; every data error raised before the model
     is loaded."""
     from ..data.datasets import GReferSegDataset, ReferSegDataset
-    from ..data.grefer import GREFCOCO_FOLDER, GReferDataset
-    from ..data.refer import load_refer
+    from ..data.grefer import GREFCOCO_FOLDER
 
-    # Both loaders raise FileNotFoundError naming the missing file (and the expected layout).
-    source: Any = GReferDataset(args.data_root) if args.dataset == GREFCOCO_FOLDER else load_refer(
-        args.data_root, args.dataset)
+    source = _read_annotations(args)
     source.ref_ids(args.split)  # unknown split -> ValueError listing the available ones
-    image_root = Path(args.image_root)
+    image_root = _image_root(args)
     if not image_root.is_dir():
         raise FileNotFoundError(
             f"--image-root {image_root} is not a folder; it must hold the images named by 'file_name' in "
@@ -89,11 +118,18 @@ def _load_split(args: argparse.Namespace, cfg: Any) -> tuple[str, Any]:
 
 def _paper_miou(model: str, dataset: str, split: str) -> float | None:
     """The paper's mIoU (%) of a registry model on this dataset and split, if it reports one."""
+    return _paper_scores(model, dataset, split).get("mIoU")
+
+
+def _paper_scores(model: str, dataset: str, split: str) -> dict[str, float]:
+    """The official README's ``{"mIoU": %, "oIoU": %}`` of a registry model on this dataset and split
+    (the ones it reports; empty for a model or split it does not)."""
     entry = REGISTRY.get(model)
     if entry is None:
-        return None
+        return {}
     key = split if entry.dataset == dataset else f"{dataset} {split}"
-    return entry.paper_miou.get(key)
+    scores = {"mIoU": entry.paper_miou.get(key), "oIoU": entry.paper_oiou.get(key)}
+    return {k: v for k, v in scores.items() if v is not None}
 
 
 def _report(args: argparse.Namespace, cfg: Any, split_by: str, generalized: bool, result: dict[str, Any]) -> None:
@@ -102,10 +138,10 @@ def _report(args: argparse.Namespace, cfg: Any, split_by: str, generalized: bool
     if generalized:
         print(f"no-target expressions: {result['no_target_expressions']} of {result['expressions']} "
               f"(TP {result['TP']}, FN {result['FN']}; target: TN {result['TN']}, FP {result['FP']})")
-    paper = None if generalized else _paper_miou(str(args.model), args.dataset, args.split)
-    if paper is not None:
-        print(f"paper (official README) mIoU for {args.model} on {args.dataset} {args.split}: {paper:.2f}; "
-              f"ours {100 * result['mIoU']:.2f}")
+    paper = {} if generalized else _paper_scores(str(args.model), args.dataset, args.split)
+    if paper:
+        print(f"official README for {args.model} on {args.dataset} {args.split}: "
+              + ", ".join(f"{k} {v:.2f} (ours {100 * result[k]:.2f})" for k, v in paper.items()))
     if result["skipped"]:
         print(
             f"skipped {len(result['skipped'])} unreadable image(s) ({result['skipped_expressions']} expressions "

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from ..fetch.sources import SOURCES
+
 __all__ = [
     "ConfigError",
     "ModelConfig",
@@ -115,7 +117,7 @@ class DataConfig:
     dataset: str = "refcoco"  # a REFER name, grefcoco, mixed or synthetic
     data_root: str | None = None  # folder holding refcoco/, refcoco+/, refcocog/, grefcoco/
     mixed: list = field(default_factory=lambda: list(_OFFICIAL_MIXED))  # the parts of dataset "mixed"
-    image_root: str | None = None  # COCO train2014 images
+    image_root: str | None = None  # COCO train2014 images; default data_root/images/train2014 (the download's layout)
     train_split: str = "train"
     val_split: str = "val"  # refcoco+ validates on testB upstream
     input_size: int | None = None  # default: the variant's image_size (448)
@@ -222,7 +224,8 @@ class RunConfig:
         if d.dataset != "synthetic" and d.data_root is None:
             raise ConfigError(f"data.data_root is required for dataset {d.dataset!r}")
         if d.dataset != "synthetic" and d.image_root is None:
-            raise ConfigError(f"data.image_root (the COCO train2014 folder) is required for dataset {d.dataset!r}")
+            # The layout `detris data download --root DATA_ROOT` writes.
+            d.image_root = str(Path(str(d.data_root)) / SOURCES["coco-train2014"].target)
         size = d.synthetic.image_size
         if len(size) != 2 or not all(isinstance(s, int) and s >= 64 for s in size):
             raise ConfigError(f"data.synthetic.image_size must be [height, width] >= 64, got {size}")
