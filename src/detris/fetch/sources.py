@@ -33,8 +33,8 @@ __all__ = [
 _ARCHIVE = "https://web.archive.org/web/{stamp}id_/https://bvisionweb1.cs.unc.edu/licheng/referit/data/{name}"
 _REFER_PROVENANCE = ("Internet Archive capture of the original REFER file; size and sha256 as listed in "
                      "github.com/TarunTomar122/attention-is-all-you-need-for-vlms docs/datasets.md")
-_REFER_LICENCE = ("REFER annotations: Apache-2.0 (github.com/lichengunc/refer); the COCO annotations they "
-                  "hold: CC BY 4.0 (cocodataset.org terms of use)")
+_REFER_LICENCE = ("the REFER repository that links the zips (github.com/lichengunc/refer) is Apache-2.0, no "
+                  "other licence is stated for them; the COCO annotations they hold: CC BY 4.0 (COCO terms of use)")
 GREFCOCO_REPO = "FudanCVL/gRefCOCO"
 #: The Hub revision read; "main" until a full commit id is confirmed (one starting 81eede59 is reported
 #: identical to the authors' Google Drive copy).
