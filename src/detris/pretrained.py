@@ -21,6 +21,7 @@ from . import bundled
 from .build import build_model
 from .modeling import DETRIS
 from .registry import REGISTRY, get_entry, list_pretrained
+from .released import resolve_released_file
 from .variants import VARIANTS, DetrisConfig
 from .weights import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, PathLike
 from .weights.detris_format import BaseFile, ModelFiles, file_sha256, load_trained_weights, push_to_hub, read_model_dir
@@ -103,7 +104,7 @@ def _official_source(name: str, word_len: int | None) -> _OfficialSource | None:
     """The official checkpoint ``name`` stands for (registry name, Hub file, local .pth), or None."""
     if name in REGISTRY:
         entry = get_entry(name)
-        repo, file = entry.hub_repo, entry.hub_file
+        repo, file = entry.hub_repo, resolve_released_file(entry, detris_home())  # large/, mix/: by the listing
         if repo is None or file is None:
             raise FileNotFoundError(f"{name}: {entry.note}")
         return _OfficialSource(name, functools.partial(_hub_file, repo, file), entry.variant, word_len or entry.word_len,

@@ -2,8 +2,9 @@
 
 The authors publish their checkpoints on the Hugging Face Hub in ``thuteam/DETRIS`` (folders ``base/``,
 ``large/``, ``mix/``). Only the ``base/`` file names could be confirmed; the others are listed with no
-file (``hub_file=None``) rather than a guess: load them by their Hub path
-(``thuteam/DETRIS/large/<file>.pth``) or a local copy. The mIoU and oIoU values are the ones the
+file (``hub_file=None``) rather than a guess, and resolved at run time from the repository's file listing
+(`detris.released`: exactly one matching ``.pth`` in the variant's folder); where nothing matches, load
+them by their Hub path (``thuteam/DETRIS/large/<file>.pth``) or a local copy. The mIoU and oIoU values are the ones the
 official README reports (commit c94b1e1, two tables), in percent.
 """
 
@@ -53,7 +54,8 @@ _REFCOCO_B_OIOU = {"val": 74.3, "testA": 77.6, "testB": 71.4}
 _REFCOCO_PLUS_B_OIOU = {"val": 65.6, "testA": 72.0, "testB": 56.5}
 _REFCOCO_L_OIOU = {"val": 76.1, "testA": 78.3, "testB": 73.2}
 _REFCOCO_PLUS_L_OIOU = {"val": 67.9, "testA": 73.3, "testB": 60.2}
-_UNCONFIRMED = "file name on the Hub not confirmed: pass thuteam/DETRIS/<path>.pth or a local copy"
+_UNCONFIRMED = ("file name on the Hub not confirmed (no single matching file in the repository's listing): pass "
+                "thuteam/DETRIS/<path>.pth or a local copy")
 
 REGISTRY: dict[str, PretrainedEntry] = {e.name: e for e in (
     PretrainedEntry("detris-b.refcoco", "detris-b", "refcoco", hub_file="base/base_refcoco.pth",
