@@ -102,6 +102,7 @@ class Server:
         self.files = dict(files)
         self.requests: list[tuple[str, str | None]] = []
         self.drop: dict[str, int] = {}
+        self.ignore_range = False  # answer every request with the whole file (200), as some servers do
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -116,6 +117,7 @@ class Server:
                     self.send_error(404)
                     return
                 data = server.files[name]
+                rng = None if server.ignore_range else rng
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 if start >= len(data) and rng:
                     self.send_error(416)
@@ -232,6 +234,16 @@ def test_a_partial_file_is_resumed_by_the_next_run(patched, server, archives, tm
     assert rc == 0, err_text
     assert server.ranges("refcoco+.zip") == [f"bytes={half}-"]
     assert not part.exists() and (root / "refcoco+" / "refs(unc).p").is_file()
+
+
+def test_a_server_that_ignores_the_range_restarts_the_file(patched, server, archives, tmp_path):
+    root = tmp_path / "data"
+    server.drop["refcocog.zip"] = 1000
+    server.ignore_range = True
+    download_datasets(["refcocog"], root, DownloadOptions(sources=patched, retry_wait=0.0, log=lambda s: None))
+    assert server.ranges("refcocog.zip") == ["bytes=1000-"]  # asked for; the whole file came back
+    assert (root / "refcocog" / "refs(umd).p").read_bytes() == zipfile.ZipFile(
+        io.BytesIO(archives["refcocog.zip"])).read("refcocog/refs(umd).p")
 
 
 def test_a_wrong_hash_is_refused_naming_both_hashes_and_nothing_is_extracted(server, archives, tmp_path, capsys,
@@ -387,6 +399,32 @@ def test_bad_arguments_are_one_line_errors(patched, tmp_path, capsys):
         parse_expected(["nope.zip=" + "a" * 64], patched)
     with pytest.raises(SystemExit):
         main(["data", "download", "cocoa", "--root", str(tmp_path)])
+
+
+def test_a_mirror_copy_of_the_hub_files_is_reported_with_its_sha256(server, tmp_path, capsys):
+    from detris.data import synthetic
+
+    lay = synthetic.write_grefcoco_layout(tmp_path / "made", splits={"train": 1, "val": 1}, seed=1)
+    for p in lay.instances_path.parent.iterdir():
+        server.files[f"grefcoco/{p.name}"] = p.read_bytes()
+    rc, out, err = run(["data", "download", "grefcoco", "--root", str(tmp_path / "data"), "--mirror",
+                        server.url + "/mirror"], capsys)
+    assert rc == 0, err
+    digest = _sha(server.files["grefcoco/instances.json"])
+    assert (f"warning: grefcoco/instances.json has no published sha256 to check; it has {digest} (pin it with "
+            f"--expect-sha256 grefcoco/instances.json={digest})") in out
+    assert sorted(p for p, _ in server.requests) == ["/mirror/grefcoco/grefs(unc).json",
+                                                    "/mirror/grefcoco/instances.json"]
+    assert (tmp_path / "data" / "grefcoco" / "grefs(unc).json").read_bytes() == server.files["grefcoco/grefs(unc).json"]
+
+
+def test_a_training_config_takes_the_data_root_alone():
+    from detris.engine.config import config_from_dict
+
+    cfg = config_from_dict({"data": {"dataset": "refcoco", "data_root": "DATA"}})
+    assert cfg.data.image_root == str(Path("DATA") / "images" / "train2014")
+    cfg = config_from_dict({"data": {"dataset": "refcoco", "data_root": "DATA", "image_root": "COCO"}})
+    assert cfg.data.image_root == "COCO"
 
 
 def _refer_root(tmp_path: Path) -> Path:
