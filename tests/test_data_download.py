@@ -216,8 +216,11 @@ def test_a_dropped_connection_is_resumed_with_a_range_request(patched, server, a
     root = tmp_path / "data"
     half = len(archives["refcoco.zip"]) // 2
     server.drop["refcoco.zip"] = half
-    download_datasets(["refcoco"], root, DownloadOptions(sources=patched, retry_wait=0.0, log=lambda s: None))
+    said: list[str] = []
+    download_datasets(["refcoco"], root, DownloadOptions(sources=patched, retry_wait=0.0, log=said.append))
     assert server.ranges("refcoco.zip") == [f"bytes={half}-"]
+    assert said[0] == (f"refcoco.zip: connection closed after {half} of {len(archives['refcoco.zip'])} bytes; "
+                       f"resuming from byte {half} in 0 s (attempt 2 of 5)")
     assert (root / "refcoco" / "refs(unc).p").is_file()
 
 
@@ -310,6 +313,19 @@ def test_a_member_larger_than_the_free_space_is_refused_by_name(server, small_di
     assert rc == 1
     assert "member 'refcoco/refs(unc).p' declares 4194304 bytes" in err and "nothing was extracted" in err
     assert leftovers(root) == []
+
+
+def test_a_disk_that_fills_during_the_download_stops_it_with_the_systems_error(server, small_disk, monkeypatch,
+                                                                              capsys):
+    big = _zip({"refcoco/instances.json": os.urandom(2 << 20)}, folders=("refcoco/",))  # does not compress
+    server.files["refcoco.zip"] = big
+    monkeypatch.setattr(install, "SOURCES", table(server.url, server.files, refcoco={"extracted_size": 0}))
+    monkeypatch.setattr(install, "free_bytes", lambda path: 1 << 40)  # a probe that is wrong: the writer decides
+    rc, out, err = run(["data", "download", "refcoco", "--root", str(small_disk / "data")], capsys)
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "No space left on device" in err and "run the same command again" in err
+    assert len([p for p, _ in server.requests]) == 1  # not retried: a full disk is not a network error
+    assert not (small_disk / "data" / "refcoco").exists()
 
 
 def _symlink_member(name: str, target: str) -> zipfile.ZipInfo:

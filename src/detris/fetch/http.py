@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ChecksumError, DownloadError
@@ -17,8 +19,9 @@ from .errors import ChecksumError, DownloadError
 __all__ = ["fetch_url", "sha256_of", "verify_file"]
 
 _CHUNK = 1 << 20
-#: Errors after which the same request may succeed: the connection dropped, timed out, was refused.
-_TRANSIENT = (http.client.HTTPException, ConnectionError, TimeoutError, urllib.error.URLError, OSError)
+#: Errors after which the same request may succeed: the connection dropped, timed out, was refused. (A
+#: full disk is an OSError too, but not one of these: it stops the download with its own message.)
+_TRANSIENT = (http.client.HTTPException, ConnectionError, TimeoutError, urllib.error.URLError, ssl.SSLError)
 
 
 class _Retry(Exception):
@@ -100,25 +103,29 @@ def _attempt(url: str, part: Path, size: int | None, timeout: float, label: str)
         with open(part, "ab" if resumed else "wb") as f, tqdm(
             total=total, initial=start, unit="B", unit_scale=True, desc=f"download {label}", disable=None,
         ) as bar:
-            try:
-                for block in iter(lambda: response.read(_CHUNK), b""):
-                    f.write(block)
-                    bar.update(len(block))
-            except _TRANSIENT as exc:
-                raise _Retry(f"connection lost ({type(exc).__name__}: {exc})") from None
+            while True:
+                try:
+                    block = response.read(_CHUNK)
+                except _TRANSIENT as exc:
+                    raise _Retry(f"connection lost ({type(exc).__name__}: {exc})") from None
+                if not block:
+                    break
+                f.write(block)  # a full disk raises here, and is not retried
+                bar.update(len(block))
     got = part.stat().st_size
     if total is not None and got < total:
         raise _Retry(f"connection closed after {got} of {total} bytes")
 
 
 def fetch_url(url: str, dest: Path, size: int | None = None, label: str | None = None, attempts: int = 5,
-              timeout: float = 60.0, retry_wait: float = 2.0) -> Path:
+              timeout: float = 60.0, retry_wait: float = 2.0, log: Callable[[str], None] | None = None) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming what an earlier attempt left there.
 
     A dropped connection is resumed with a ``Range`` request, up to ``attempts`` tries in all (waiting
     ``retry_wait`` seconds, doubling); a server that ignores ranges restarts the file. ``size``, when
     known, is checked against the server's length before anything is written. The caller checks the
     sha256 (`verify_file`) of the returned file. Raises `DownloadError` (the ``.part`` is kept).
+    ``log`` is told of each retry.
     """
     label = label or dest.name
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +141,10 @@ def fetch_url(url: str, dest: Path, size: int | None = None, label: str | None =
         except _TRANSIENT as exc:  # could not connect, or the connection failed before any byte
             last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
         if attempt + 1 < attempts:
-            time.sleep(retry_wait * 2**attempt)
+            wait = retry_wait * 2**attempt
+            have = part.stat().st_size if part.is_file() else 0
+            if log is not None:
+                log(f"{label}: {last}; resuming from byte {have} in {wait:.0f} s (attempt {attempt + 2} of {attempts})")
+            time.sleep(wait)
     raise DownloadError(f"could not download {label} from {url} after {attempts} attempts ({last}); the partial "
                         f"file {part} is kept: run the same command again to resume")

@@ -48,7 +48,7 @@ class DownloadOptions:
     mirror: str | None = None
     expected: dict[str, str] = field(default_factory=dict)  # file name -> sha256 (--expect-sha256)
     sources: dict[str, DatasetSource] = field(default_factory=lambda: dict(SOURCES))
-    free_space: Callable[[Path], int] = free_bytes
+    free_space: Callable[[Path], int] = field(default=lambda path: free_bytes(path))  # looked up at call time
     keep_archives: bool = False
     attempts: int = 5
     retry_wait: float = 2.0
@@ -146,7 +146,8 @@ def _fetch(root: Path, src: DatasetSource, file: SourceFile, opts: DownloadOptio
     size = None if file.name in opts.expected else file.size
     dest = root / DOWNLOADS / file.name
     if not dest.is_file():
-        fetch_url(url, dest, size=size, label=file.name, attempts=opts.attempts, retry_wait=opts.retry_wait)
+        fetch_url(url, dest, size=size, label=file.name, attempts=opts.attempts, retry_wait=opts.retry_wait,
+                  log=opts.log)
     fix = (f"run the same command again to download it anew; only if you trust a mirror that repacked it, "
            f"pass --expect-sha256 {file.name}=<the sha256 the mirror publishes>")
     digest = verify_file(dest, file.name, size, expected, fix)
