@@ -434,6 +434,14 @@ def test_a_mirror_copy_of_the_hub_files_is_reported_with_its_sha256(server, tmp_
     assert (tmp_path / "data" / "grefcoco" / "grefs(unc).json").read_bytes() == server.files["grefcoco/grefs(unc).json"]
 
 
+def test_the_loaders_missing_file_error_names_the_download_command(tmp_path):
+    from detris.data import load_refer
+
+    with pytest.raises(FileNotFoundError) as err:
+        load_refer(tmp_path, "refcoco+")  # what training and the Python API raise
+    assert "detris data download refcoco refcoco+ refcocog --root DATA_ROOT" in str(err.value)
+
+
 def test_a_training_config_takes_the_data_root_alone():
     from detris.engine.config import config_from_dict
 

@@ -76,7 +76,8 @@ DATA_ROOT/
 ├── refcoco/    instances.json  refs(unc).p  refs(google).p
 ├── refcoco+/   instances.json  refs(unc).p
 └── refcocog/   instances.json  refs(umd).p  refs(google).p
-(unzip refcoco.zip, refcoco+.zip and refcocog.zip from https://github.com/lichengunc/refer into DATA_ROOT)"""
+(`detris data download refcoco refcoco+ refcocog --root DATA_ROOT` fetches, checks and unpacks the REFER zips;
+docs/data.md lists where each file comes from)"""
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
