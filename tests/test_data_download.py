@@ -30,7 +30,7 @@ import pytest
 from detris.cli import main
 from detris.fetch import http as fetch_http
 from detris.fetch import install
-from detris.fetch.errors import ChecksumError, DownloadError, NotEnoughSpaceError, UnsafeArchiveError
+from detris.fetch.errors import ChecksumError, DownloadError, FetchError, NotEnoughSpaceError, UnsafeArchiveError
 from detris.fetch.install import MARKER, DownloadOptions, download_datasets, parse_expected
 from detris.fetch.sources import SOURCES, DatasetSource, SourceFile
 from refer_fixtures import EXPECTED_COUNTS, IMAGE_SIZES, build_refer_fixture
@@ -394,6 +394,23 @@ def test_a_killed_run_leaves_no_folder_that_looks_complete(patched, server, tmp_
     server.requests.clear()
     download_datasets(["refcoco"], root, DownloadOptions(sources=patched, log=lambda s: None))
     assert server.requests == [] and (root / "refcoco" / MARKER).is_file()
+
+
+def test_a_second_concurrent_run_is_refused(patched, server, tmp_path):
+    import fcntl
+
+    root = tmp_path / "data"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a run in progress holds it
+        with pytest.raises(FetchError, match="another `detris data download` is running in"):
+            download_datasets(["refcoco"], root, DownloadOptions(sources=patched))
+    finally:
+        os.close(fd)
+    assert server.requests == []
+    download_datasets(["refcoco"], root, DownloadOptions(sources=patched, log=lambda s: None))
+    assert not [p for p in leftovers(root) if "lock" in p]  # the lock is on the folder: no file is left
 
 
 def test_mirror_serves_every_file_by_its_table_name(server, archives, tmp_path, monkeypatch, capsys):

@@ -9,13 +9,14 @@ A dataset whose record matches the files on disk is left alone, so a second run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import urllib.parse
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,6 +232,27 @@ def _drop_refused(root: Path, src: DatasetSource) -> None:
         (root / DOWNLOADS / f.name).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """One download per root at a time (a lock on the folder itself, so nothing is left behind): a second
+    concurrent run would take the first one's hidden folders for leftovers of a killed run."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise FetchError(f"another `detris data download` is running in {root}; let it finish (or stop it), "
+                             "then run this command again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def download_datasets(names: Sequence[str], root: str | os.PathLike, options: DownloadOptions | None = None
                       ) -> dict[str, str]:
     """Fetch ``names`` (``refcoco``, ``refcoco+``, ``refcocog``, ``grefcoco``, ``coco-train2014``, ``all``)
@@ -246,6 +268,11 @@ def download_datasets(names: Sequence[str], root: str | os.PathLike, options: Do
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FetchError(f"cannot create --root {root} ({exc.strerror or exc}); choose a writable folder") from None
+    with _exclusive(root):
+        return _download_locked(wanted, root, opts)
+
+
+def _download_locked(wanted: list[str], root: Path, opts: DownloadOptions) -> dict[str, str]:
     result: dict[str, str] = {}
     todo: list[DatasetSource] = []
     for name in wanted:
