@@ -179,37 +179,22 @@ def _resolve_base(base: BaseFile, directory: Path) -> Path:
     )
 
 
-def download(url: str, dest: Path, sha256: str | None = None, chunk: int = 1 << 20) -> Path:
-    """Download ``url`` to ``dest``: atomically (through ``dest.part``), resuming a partial ``.part``
-    (an HTTP Range request), with a progress bar, checking ``sha256`` when given."""
-    import urllib.error
-    import urllib.request
+def download(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """Download ``url`` to ``dest``: atomically (through ``dest.part``), resuming a partial ``.part`` and a
+    dropped connection (HTTP Range requests), with a progress bar, checking ``sha256`` when given: the
+    resumable downloader of `detris.fetch.http`, with this module's errors."""
+    from .fetch.errors import ChecksumError, DownloadError
+    from .fetch.http import fetch_url, verify_file
 
-    from tqdm import tqdm
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    done = part.stat().st_size if part.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            resumed = response.status == 206
-            total = response.headers.get("Content-Length")
-            start = done if resumed else 0
-            with open(part, "ab" if resumed else "wb") as f, tqdm(
-                total=start + int(total) if total else None, initial=start, unit="B", unit_scale=True,
-                desc=f"download {dest.name}", disable=None,
-            ) as bar:
-                for block in iter(lambda: response.read(chunk), b""):
-                    f.write(block)
-                    bar.update(len(block))
-    except (urllib.error.URLError, OSError) as exc:
-        raise FileNotFoundError(f"could not download {dest.name} from {url} ({exc}); the partial file {part} is "
-                                "kept and the next attempt resumes it") from None
-    if sha256 is not None and (actual := file_sha256(part)) != sha256:
-        part.unlink()
-        raise CheckpointError(f"{url} gave a file with sha256 {actual}, expected {sha256} for {dest.name}")
-    os.replace(part, dest)
+        fetch_url(url, dest)
+    except DownloadError as exc:
+        raise FileNotFoundError(str(exc)) from None
+    if sha256 is not None:
+        try:
+            verify_file(dest, dest.name, None, sha256, f"it came from {url}: download it again")
+        except ChecksumError as exc:
+            raise CheckpointError(str(exc)) from None
     return dest
 
 

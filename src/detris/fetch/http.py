@@ -45,18 +45,17 @@ def sha256_of(path: Path, label: str | None = None) -> str:
 def verify_file(path: Path, name: str, size: int | None, sha256: str | None, fix: str) -> str:
     """Check a downloaded file's size and sha256; a mismatch deletes it and raises `ChecksumError`.
 
-    ``fix`` is what the user should do (it ends the message). Returns the file's sha256.
+    ``fix`` says what happens next and what the user should do (it ends the message). Returns the
+    file's sha256.
     """
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         path.unlink()
-        raise ChecksumError(f"{name}: got {actual_size} bytes, expected {size}; the file was deleted and "
-                            f"nothing was extracted; {fix}")
+        raise ChecksumError(f"{name}: got {actual_size} bytes, expected {size}; the file was deleted; {fix}")
     actual = sha256_of(path, name)
     if sha256 is not None and actual != sha256.lower():
         path.unlink()
-        raise ChecksumError(f"{name}: sha256 {actual}, expected {sha256.lower()}; the file was deleted and "
-                            f"nothing was extracted; {fix}")
+        raise ChecksumError(f"{name}: sha256 {actual}, expected {sha256.lower()}; the file was deleted; {fix}")
     return actual
 
 
@@ -90,9 +89,10 @@ def _attempt(url: str, part: Path, size: int | None, timeout: float, label: str)
         return
     with response:
         resumed = done > 0 and response.status == 206
-        if resumed and not response.headers.get("Content-Range", "").startswith(f"bytes {done}-"):
+        content_range = response.headers.get("Content-Range")
+        if resumed and content_range is not None and not content_range.startswith(f"bytes {done}-"):
             raise DownloadError(f"{url} answered the range request from byte {done} with "
-                                f"{response.headers.get('Content-Range')!r}; delete {part} and try again")
+                                f"{content_range!r}; delete {part} and try again")
         start = done if resumed else 0
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else size

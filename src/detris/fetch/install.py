@@ -149,8 +149,8 @@ def _fetch(root: Path, src: DatasetSource, file: SourceFile, opts: DownloadOptio
     if not dest.is_file():
         fetch_url(url, dest, size=size, label=file.name, attempts=opts.attempts, retry_wait=opts.retry_wait,
                   log=opts.log)
-    fix = (f"run the same command again to download it anew; only if you trust a mirror that repacked it, "
-           f"pass --expect-sha256 {file.name}=<the sha256 the mirror publishes>")
+    fix = (f"nothing was extracted; run the same command again to download it anew; only if you trust a mirror "
+           f"that repacked it, pass --expect-sha256 {file.name}=<the sha256 the mirror publishes>")
     digest = verify_file(dest, file.name, size, expected, fix)
     if expected is None:
         opts.log(f"warning: {file.name} has no published sha256 to check; it has {digest} (pin it with "
