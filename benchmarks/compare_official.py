@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 import _bench as B
 import _official as O
+from detris.engine.task import SegmentationTask
 
 HERE = os.path.abspath(__file__)
 
@@ -81,10 +82,12 @@ def checkpointed_step(model: nn.Module, step, scope: str):
 def train_step_fn(model: nn.Module, official: bool, images: Tensor, tokens: Tensor, masks: Tensor):
     """One training step (forward with loss, backward, Adam on the trainable parameters)."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # Ours: the engine's training task (model + the official BCE); official: (pred, mask, loss).
+    task = model if official else SegmentationTask(model)
 
     def step() -> None:
-        out = model(images, tokens, masks)
-        loss = out[2] if official else out[1]  # official: (pred, mask, loss); ours: (logits, loss)
+        out = task(images, tokens, masks)
+        loss = out[2] if official else out.loss.total
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -132,7 +135,7 @@ def compare_variant(args, variant: str, workdir: str) -> dict[str, Any]:
     # --- eval: logits and alternating timing
     ours.eval(), official.eval()
     with torch.no_grad():
-        mine, theirs = ours(images, tokens), official(images, tokens)
+        mine, theirs = ours(images, tokens).logits, official(images, tokens)
     result["logits_max_abs_diff"] = (mine.double() - theirs.double()).abs().max().item()
     result["logits_std"] = theirs.std().item()
     result["logits_max_abs"] = theirs.abs().max().item()

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 import _bench as B
 import _official as O
 import compare_official as C
+from detris.engine.task import SegmentationTask
 
 HERE = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -129,10 +130,13 @@ def case_fn(model: nn.Module, official: bool, mode: str, precision: str, device:
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
+    # Ours: the engine's training task (model + the official BCE); official: (pred, mask, loss).
+    task = model if official else SegmentationTask(model)
+
     def step() -> None:
         with autocast(precision, device):
-            out = model(images, tokens, masks)
-        loss = out[2] if official else out[1]  # official: (pred, mask, loss); ours: (logits, loss)
+            out = task(images, tokens, masks)
+        loss = out[2] if official else out.loss.total
         scaler.scale(loss.float()).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -206,7 +210,7 @@ def compare_section(args: argparse.Namespace, scale: Scale, device: torch.device
 def logits_difference(ours: nn.Module, official: nn.Module, data: tuple[Tensor, Tensor, Tensor]) -> dict[str, float]:
     images, tokens, _ = data
     ours.eval(), official.eval()
-    mine, theirs = ours(images, tokens).double(), official(images, tokens).double()
+    mine, theirs = ours(images, tokens).logits.double(), official(images, tokens).double()
     return {"max_abs_diff": (mine - theirs).abs().max().item(), "logits_std": theirs.std().item(),
             "logits_max_abs": theirs.abs().max().item()}
 
@@ -313,7 +317,7 @@ def try_batch(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str
         masks = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
         saved = SavedTensorBytes()
         with autocast(precision, device), saved:
-            _, loss = model(images, tokens, masks)
+            loss = SegmentationTask(model)(images, tokens, masks).loss.total
         loss.backward()
         optimizer.step()
         B.synchronize(device)

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import _bench as B
+from detris.engine.task import SegmentationTask
 
 HERE = os.path.abspath(__file__)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -198,12 +199,11 @@ OP_KINDS = {
 
 def profiled_model(model: nn.Module, precision: str, device: torch.device):
     """The model and the context of one ``--profile-precision`` forward: what ``--dtype float32`` /
-    ``bfloat16`` / ``int8`` run (`detris.inference.low_precision`, `detris.precision.quantize_vision_int8`)."""
-    from detris.inference import low_precision
+    ``bfloat16`` / ``int8`` run (`DETRIS.low_precision`, `detris.precision.quantize_vision_int8`)."""
     from detris.precision import quantize_vision_int8
 
     if precision == "bf16-vision":
-        return model, low_precision(model, torch.bfloat16, device)
+        return model, model.low_precision(torch.bfloat16)
     if precision == "int8-vision":
         return quantize_vision_int8(model).eval(), contextlib.nullcontext()
     return model, contextlib.nullcontext()
@@ -257,7 +257,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     def step() -> None:
         with autocast(spec["precision"], device):
-            _, loss = model(images, tokens, masks)
+            loss = SegmentationTask(model)(images, tokens, masks).loss.total
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -326,9 +326,9 @@ def iou_section(args, device: torch.device) -> list[dict[str, Any]]:
         for k in range(args.iou_samples):
             images, tokens = inputs(model, 1, args.size, device, seed=100 + k)
             with torch.no_grad():
-                ref = model(images, tokens)
+                ref = model(images, tokens).logits
                 with autocast("bf16", device):
-                    low = model(images, tokens)
+                    low = model(images, tokens).logits
             masks = []
             for logits in (ref, low):
                 prob = logits_to_probability(logits, (args.size, args.size), [inverse], [(orig_h, orig_w)])[0]

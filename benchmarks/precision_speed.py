@@ -6,7 +6,7 @@ for:
 
 - ``official fp32``: the official implementation on the same weights (with ``--official PATH``);
 - ``fp32``: ours, the protocol;
-- ``bf16 vision``: what ``--dtype bfloat16`` / ``auto`` runs (`detris.inference.low_precision`): the
+- ``bf16 vision``: what ``--dtype bfloat16`` / ``auto`` runs (`DETRIS.low_precision`): the
   DINOv2 tower under bf16 autocast, the rest in float32;
 - ``bf16 autocast``: the whole forward under ``torch.autocast("cpu", bfloat16)``;
 - ``bf16 cast``: the model cast with ``model.to(torch.bfloat16)`` (weights cast once; every activation
@@ -72,12 +72,9 @@ def int8_dynamic(model: nn.Module, vision_only: bool = False) -> nn.Module:
 
 def variants_of(model: nn.Module) -> dict[str, tuple[nn.Module, Callable[[], Any]]]:
     """name -> (model to run, context manager factory) for each of our precisions."""
-    from detris.inference import low_precision
-
-    cpu = torch.device("cpu")
     return {
         "fp32": (model, contextlib.nullcontext),
-        "bf16 vision": (model, lambda: low_precision(model, torch.bfloat16, cpu)),
+        "bf16 vision": (model, lambda: model.low_precision(torch.bfloat16)),
         "bf16 autocast": (model, lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
         "bf16 cast": (copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext),
         "int8 dynamic": (int8_dynamic(model), contextlib.nullcontext),
@@ -90,7 +87,7 @@ def forward_fn(model: nn.Module, context: Callable[[], Any], images: Tensor, tok
 
     def run() -> Tensor:
         with torch.inference_mode(), context():
-            return forward_logits(model, images, tokens)[0]
+            return forward_logits(model, images, tokens).logits
 
     return run
 

@@ -8,10 +8,17 @@ from pathlib import Path
 import torch
 
 from detris.build import build_model
+from detris.engine.task import SegmentationTask
+from detris.modeling import DETRIS
 from official_formats import randomize_detris_state
 
 
-def random_tiny_model(image_size: int = 112, seed: int = 0, no_target_head: bool = False) -> torch.nn.Module:
+def training_loss(model: DETRIS, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The training objective of one forward (what the engine's step back-propagates)."""
+    return SegmentationTask(model)(images, tokens, mask).loss.total
+
+
+def random_tiny_model(image_size: int = 112, seed: int = 0, no_target_head: bool = False) -> DETRIS:
     """DETRIS-tiny at ``image_size`` px with random weights, non-trivial BN statistics, eval mode
     (optionally with the no-target head).
 
@@ -29,7 +36,7 @@ def random_tiny_model(image_size: int = 112, seed: int = 0, no_target_head: bool
     size = model.config.image_size
     with torch.inference_mode():
         logits = model(torch.randn(2, 3, size, size, generator=gen),
-                       torch.randint(1, 400, (2, model.config.word_len), generator=gen))
+                       torch.randint(1, 400, (2, model.config.word_len), generator=gen)).logits
         shift = math.log(0.35 / 0.65) - torch.quantile(logits.flatten().float(), 0.7).item()
         model.proj.txt.bias[-1] += shift
     return model
@@ -59,7 +66,7 @@ def official_inputs(n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, 112, 126, generator=g), make_tokens(n, seed=3)
 
 
-def trained_tiny(files: dict, seed: int = 0) -> torch.nn.Module:
+def trained_tiny(files: dict, seed: int = 0) -> DETRIS:
     """detris-tiny built from the official-format backbone files of the ``files`` fixture, every weight random."""
     torch.manual_seed(seed)
     model = build_model("detris-tiny", dinov2_weights=files["dino"], clip_weights=files["clip_ts"])

@@ -130,3 +130,54 @@ def test_no_import_cycle():
         if v not in index:
             connect(v)
     assert not cycles, f"import cycles: {cycles}"
+
+
+# ------------------------------------------------------------------------------------ the model's contract
+def _is_model_expr(node: ast.expr) -> bool:
+    """``model``, ``self.model``, ``run.model``, ``quantized``-style names ending in ``model``."""
+    if isinstance(node, ast.Name):
+        return node.id.endswith("model")
+    return isinstance(node, ast.Attribute) and node.attr.endswith("model")
+
+
+def _source_trees() -> dict[str, ast.AST]:
+    return {_module_name(p): ast.parse(p.read_text(encoding="utf-8")) for p in (SRC / "detris").rglob("*.py")}
+
+
+TREES = _source_trees()
+
+
+def test_no_module_probes_the_model_for_attributes():
+    """The model's attributes are typed (``DETRIS.config``, ``.processing``, ...): nothing asks whether
+    a model has one (``getattr(model, ...)`` / ``hasattr(model, ...)``)."""
+    probes = [
+        f"{name}:{node.lineno}"
+        for name, tree in TREES.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+        and node.args and _is_model_expr(node.args[0])
+    ]
+    assert not probes, f"attribute probes of a model: {probes}"
+
+
+def test_nothing_is_attached_to_a_model_after_construction():
+    """``config`` and ``processing`` come with the constructor; no service hangs attributes on a model."""
+    attached = [
+        f"{name}:{node.lineno} ({target.attr})"
+        for name, tree in TREES.items() if not name.startswith("detris.modeling")
+        for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Attribute) and _is_model_expr(target.value)
+        and target.attr in ("config", "processing", "base_weights")
+    ]
+    assert not attached, f"attributes attached to a model after construction: {attached}"
+
+
+def test_the_model_has_one_forward():
+    """``DETRIS.forward`` is the only entry point (one output type, `DetrisOutput`, in every mode)."""
+    cls = next(n for n in ast.walk(TREES["detris.modeling.detris"]) if isinstance(n, ast.ClassDef) and n.name == "DETRIS")
+    forwards = [f.name for f in cls.body if isinstance(f, ast.FunctionDef) and f.name.startswith("forward")]
+    assert forwards == ["forward"]
+    fn = next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "forward")
+    assert [a.arg for a in fn.args.args] == ["self", "images", "tokens"]
+    assert ast.unparse(fn.returns) == "DetrisOutput"

@@ -58,7 +58,7 @@ def server(tmp_path):
 def _logits(model: torch.nn.Module) -> torch.Tensor:
     images, tokens = official_inputs(1)
     with torch.no_grad():
-        return model.eval()(images, tokens)
+        return model.eval()(images, tokens).logits
 
 
 @pytest.fixture()
@@ -75,7 +75,7 @@ def saved(files, tmp_path, monkeypatch) -> tuple[Path, dict[str, Path], torch.Te
     for p in model.trainable_modules():
         for t in p.parameters():
             t.data.normal_(0, 0.05)
-    model.save_pretrained(tmp_path / "model", adapter_only=True)
+    model.save_pretrained(tmp_path / "model", adapter_only=True, base_weights=base)
     ref = _logits(model)
     kept = tmp_path / "kept"
     shutil.move(original, kept)
@@ -116,7 +116,8 @@ def test_a_missing_official_base_file_is_downloaded_and_resumed(files, tmp_path,
         shutil.copyfile(files[key], root / names[kind])
         monkeypatch.setitem(registry.BACKBONE_URLS, names[kind], f"{url}/{names[kind]}")
     model = trained_tiny(files, seed=4)
-    model.save_pretrained(tmp_path / "model", adapter_only=True)  # records the URLs
+    model.save_pretrained(tmp_path / "model", adapter_only=True,  # records the URLs
+                          base_weights={"dinov2": files["dino"], "clip": files["clip_ts"]})
     ref = _logits(model)
     home = tmp_path / "home"
     monkeypatch.setenv("DETRIS_HOME", str(home))

@@ -92,7 +92,7 @@ def test_config_with_the_bundled_towers_and_another_patch_size_is_refused():
 def test_bundled_model_reproduces_recorded_logits():
     model = detris.from_pretrained(bundled.DEMO_MODEL_NAME)
     images, tokens = _reference_inputs()
-    logits = model(images, tokens)
+    logits = model(images, tokens).logits
     torch.testing.assert_close(logits[:, 0, :4, :4].flatten(1), torch.tensor(REFERENCE["logits_corner"]),
                                rtol=1e-4, atol=1e-4)
     assert logits.mean().item() == pytest.approx(REFERENCE["logits_mean"], rel=1e-4, abs=1e-4)

@@ -171,7 +171,7 @@ def test_progress_schedule_follows_the_larger_of_step_and_time_fractions():
 
 
 def test_upsampled_dice_loss_scores_the_evaluated_mask():
-    from detris.engine.losses import upsampled_dice_loss
+    from detris.losses import upsampled_dice_loss
 
     mask = torch.zeros(2, 1, 56, 56)
     mask[:, :, 14:42, 7:35] = 1
@@ -266,18 +266,18 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
 
 
 def test_non_finite_loss_stops_with_step(tmp_path, monkeypatch):
-    import detris.modeling.detris as mod
+    import detris.losses as mod
     from detris.engine.loop import TrainingDiverged, train
 
     calls = {"n": 0}
-    real = mod.segmentation_loss
+    real = mod.mask_bce_loss
 
     def poisoned(logits, mask):
         calls["n"] += 1
         loss = real(logits, mask)
         return loss * float("nan") if calls["n"] > 4 else loss  # 2 micro-batches per step: step 3 fails
 
-    monkeypatch.setattr(mod, "segmentation_loss", poisoned)
+    monkeypatch.setattr(mod, "mask_bce_loss", poisoned)
     cfg = load_config(CONFIGS / "synthetic-tiny.yaml",
                       TINY + [f"output.dir={tmp_path}", "train.save_every_steps=1", "train.evaluate=false"])
     with pytest.raises(TrainingDiverged, match=r"optimizer step 3 .*last\.pt"):

@@ -17,7 +17,7 @@ from detris.modeling import head as head_module
 from detris.modeling.adapters import ConvBNReLU
 from detris.modeling.common import DropoutAttention, conv_bn_relu, fold_batchnorm
 from detris.modeling.head import Projector, dynamic_conv, training_layout
-from model_fixtures import make_tokens
+from model_fixtures import make_tokens, training_loss
 
 
 @torch.no_grad()
@@ -93,8 +93,8 @@ def test_folding_is_used_in_eval_only_and_leaves_the_state_untouched(tiny):
 def test_eval_fast_paths_match_the_plain_path(tiny):
     images, tokens = torch.randn(2, 3, 112, 140), make_tokens(2, seed=3)
     with torch.no_grad():
-        fast = tiny(images, tokens)
-        plain = tiny.set_fast_paths(False)(images, tokens)
+        fast = tiny(images, tokens).logits
+        plain = tiny.set_fast_paths(False)(images, tokens).logits
     tiny.set_fast_paths(True)
     assert rel_diff(fast, plain) < 1e-5
 
@@ -105,8 +105,8 @@ def test_eval_fast_paths_match_the_plain_path_in_float64(tiny):
     model = model.double().eval()
     images, tokens = torch.randn(1, 3, 112, 112, dtype=torch.float64), make_tokens(1, seed=4)
     with torch.no_grad():
-        fast = model(images, tokens)
-        plain = model.set_fast_paths(False)(images, tokens)
+        fast = model(images, tokens).logits
+        plain = model.set_fast_paths(False)(images, tokens).logits
     assert rel_diff(fast, plain) < 1e-12
 
 
@@ -123,7 +123,7 @@ def test_set_fast_paths_reaches_every_switch(tiny):
 def _gradients(model: nn.Module, images, tokens, mask, seed: int) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    _, loss = model(images, tokens, mask)
+    loss = training_loss(model, images, tokens, mask)
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -169,7 +169,7 @@ def test_dropout_attention_is_used_in_cpu_training_only():
     DropoutAttention.apply = counting
     try:
         images, tokens = torch.randn(1, 3, 112, 112), make_tokens(1)
-        _, loss = model(images, tokens, torch.zeros(1, 1, 112, 112))
+        loss = training_loss(model, images, tokens, torch.zeros(1, 1, 112, 112))
         loss.backward()
         used_in_training = len(calls)
         model.eval()
@@ -202,7 +202,7 @@ def test_frozen_prefix_keeps_no_autograd_graph():
         model.txt_backbone.transformer.resblocks[first_text - 1].register_forward_hook(record("text_before")),
     ]
     try:
-        model(torch.randn(1, 3, 112, 112), make_tokens(1), torch.zeros(1, 1, 112, 112))
+        training_loss(model, torch.randn(1, 3, 112, 112), make_tokens(1), torch.zeros(1, 1, 112, 112))
     finally:
         for h in hooks:
             h.remove()
@@ -238,7 +238,7 @@ def test_head_recomputes_its_upsampled_maps_in_backward():
     calls = []
     hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in model.proj.vis if isinstance(m, nn.Upsample)]
     try:
-        _, loss = model(torch.randn(1, 3, 112, 112), make_tokens(1), torch.zeros(1, 1, 112, 112))
+        loss = training_loss(model, torch.randn(1, 3, 112, 112), make_tokens(1), torch.zeros(1, 1, 112, 112))
         assert len(calls) == 2
         loss.backward()
         assert len(calls) == 4
@@ -306,7 +306,7 @@ def test_head_convolutions_run_channels_last_on_cpu_in_both_modes():
     images, tokens = torch.randn(2, 3, 112, 112), make_tokens(2, seed=8)
 
     def train_step():
-        model.train()(images, tokens, torch.zeros(2, 1, 112, 112))[1].backward()
+        training_loss(model.train(), images, tokens, torch.zeros(2, 1, 112, 112)).backward()
 
     def infer():
         with torch.no_grad():
@@ -380,9 +380,9 @@ def test_bf16_autocast_keeps_the_residual_streams_and_logits_in_float32(tiny):
              tiny.decoder.layers[0].register_forward_hook(record("decoder_layer"))]
     try:
         with torch.no_grad():
-            ref = tiny(images, tokens)
+            ref = tiny(images, tokens).logits
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = tiny(images, tokens)
+                low = tiny(images, tokens).logits
     finally:
         for h in hooks:
             h.remove()

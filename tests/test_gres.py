@@ -32,8 +32,8 @@ from detris.data.synthetic import (
     write_refer_layout,
 )
 from detris.data.synthetic.groups import pick_group_expressions
+from detris.engine.task import SegmentationTask
 from detris.inference import prepare_image, segment
-from detris.modeling import segmentation_loss
 from detris.predictor import NO_MATCH, Predictor
 from model_fixtures import random_tiny_model, save_random_tiny
 from refer_fixtures import toy_tokenizer
@@ -247,13 +247,14 @@ def test_head_loss_and_gradients():
     mask = torch.zeros(3, 1, INPUT_SIZE, INPUT_SIZE)
     mask[0, :, 10:50, 10:50] = 1  # sample 0 has a target; 1 and 2 have none
     torch.manual_seed(1)
-    logits, loss = model(images, tokens, mask)
+    step = SegmentationTask(model)(images, tokens, mask)
     torch.manual_seed(1)  # the same dropout draws
-    logits2, nt = model.forward_with_no_target(images, tokens)
-    assert torch.equal(logits, logits2) and nt.shape == (3,)
+    logits, nt = model(images, tokens)
+    assert torch.equal(step.output.logits, logits) and nt.shape == (3,)
     labels = torch.tensor([0.0, 1.0, 1.0])
-    by_hand = segmentation_loss(logits, mask) + 0.1 * F.binary_cross_entropy_with_logits(nt, labels)
-    torch.testing.assert_close(loss, by_hand)
+    target = F.interpolate(mask, size=logits.shape[-2:], mode="nearest")
+    by_hand = F.binary_cross_entropy_with_logits(logits, target) + 0.1 * F.binary_cross_entropy_with_logits(nt, labels)
+    torch.testing.assert_close(step.loss.total, by_hand)
     # The head's loss shapes the shared features but never the mask logits' own layer.
     model.zero_grad()
     model.no_target_head(model.encode(images, tokens)["decoder"], model.encode(images, tokens)["sentence"],
@@ -337,8 +338,8 @@ def test_eval_grefcoco_end_to_end_recomputes(glayout, tmp_path, capsys, head):
                               input_size=INPUT_SIZE)
         items = [ds[i] for i in range(len(ds))]
         with torch.no_grad():
-            _, nt = model.forward_with_no_target(torch.stack([it["image"] for it in items]),
-                                                 torch.stack([it["tokens"] for it in items]))
+            _, nt = model(torch.stack([it["image"] for it in items]),
+                          torch.stack([it["tokens"] for it in items]))
             model.no_target_head.mlp[2].bias -= nt.median()
         model.save_pretrained(model_dir)
     pred, out_json = tmp_path / "pred", tmp_path / "m.json"
@@ -384,7 +385,7 @@ def test_export_with_the_head_has_a_second_output(tmp_path):
     model = random_tiny_model(INPUT_SIZE, no_target_head=True)
     images, tokens = torch.randn(3, 3, INPUT_SIZE, INPUT_SIZE), torch.randint(1, 400, (3, 17))
     with torch.no_grad():
-        logits, nt = model.forward_with_no_target(images, tokens)
+        logits, nt = model(images, tokens)
     path = export_model(model, "onnx", tmp_path / "m.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "no_target_logits"]

@@ -103,8 +103,52 @@ def test_segment_equals_the_protocol_written_out():
     images = pixels.unsqueeze(0).expand(2, -1, -1, -1)
     probs, masks = segment(model, images, tokens, [inverse] * 2, [(70, 150)] * 2)
     with torch.no_grad():
-        logits = model.eval()(images, tokens)
+        logits = model.eval()(images, tokens).logits
     for i in range(2):
         ref = logits_to_probability(logits[i : i + 1], (112, 112), [inv], [(70, 150)])[0]
         assert np.array_equal(probs[i], ref)
         assert np.array_equal(masks[i], binarize(ref, 0.35)) and masks[i].shape == (70, 150)
+
+
+def test_a_model_built_from_its_parts_saves_loads_predicts_and_exports(tmp_path):
+    """No factory needed: the constructor gives a model with its config and preprocessing contract, which
+    every service then takes as it is."""
+    from detris.modeling import DETRIS, CLIPTextTransformer, Decoder, DinoVisionTransformer, Neck, Projector
+    from detris.variants import get_variant
+
+    cfg = get_variant("detris-tiny", image_size=112, vision_adapter_layers=(), text_adapter_layers=())
+    torch.manual_seed(0)
+    vision = DinoVisionTransformer(dim=cfg.vision_width, depth=cfg.vision_depth, num_heads=cfg.vision_heads,
+                                   patch_size=cfg.patch_size, num_register_tokens=cfg.num_register_tokens,
+                                   pretrained_grid=cfg.pretrained_grid)
+    text = CLIPTextTransformer(vocab_size=cfg.vocab_size, context_length=cfg.text_context_length,
+                               width=cfg.text_width, depth=cfg.text_depth, num_heads=cfg.text_heads,
+                               embed_dim=cfg.text_embed_dim)
+    model = DETRIS(cfg, text, vision, Neck([cfg.vision_width] * 3, cfg.fusion_dim, cfg.text_embed_dim),
+                   Decoder(cfg.decoder_layers, cfg.fusion_dim, cfg.decoder_heads, cfg.decoder_ffn_dim,
+                           cfg.decoder_dropout),
+                   Projector(cfg.text_embed_dim, cfg.projector_dim, cfg.head_kernel_size)).eval()
+    assert model.processing == ProcessingConfig.for_model(cfg)
+    rgb = np.random.default_rng(2).integers(0, 255, (50, 90, 3), dtype=np.uint8)
+    expected = detris.Predictor(model, device="cpu").predict(rgb, "the thing")[0]
+
+    loaded = detris.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert loaded.config == cfg and loaded.processing == model.processing
+    got = detris.Predictor(loaded, device="cpu").predict(rgb, "the thing")[0]
+    assert np.array_equal(got.probability, expected.probability)
+
+    program = torch.export.load(export_model(model, "torch-export", tmp_path / "m.pt2"))
+    pixels, _ = prepare_image(rgb, cfg.image_size)
+    tokens = detris.tokenize(["the thing"], context_length=cfg.word_len)
+    with torch.no_grad():
+        diff = (program.module()(pixels[None], tokens) - model(pixels[None], tokens).logits).abs().max()
+    assert diff.item() < 1e-5
+
+
+def test_a_model_whose_parts_disagree_with_its_config_is_refused():
+    from detris.modeling import DETRIS
+
+    model = detris.build_model("detris-tiny")
+    with pytest.raises(ValueError, match="no-target head"):
+        DETRIS(model.config.replace(no_target_head=True), model.txt_backbone, model.dinov2, model.neck,
+               model.decoder, model.proj)

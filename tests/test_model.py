@@ -9,7 +9,8 @@ import torch
 
 import detris
 from detris import build_model
-from model_fixtures import make_tokens
+from detris.engine.task import SegmentationTask
+from model_fixtures import make_tokens, training_loss
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,8 @@ def tiny():
 def test_output_shape_square_and_non_square(tiny):
     tiny.eval()
     with torch.no_grad():
-        assert tiny(torch.randn(2, 3, 224, 224), make_tokens(2)).shape == (2, 1, 64, 64)
-        assert tiny(torch.randn(1, 3, 168, 308), make_tokens(1)).shape == (1, 1, 48, 88)
+        assert tiny(torch.randn(2, 3, 224, 224), make_tokens(2)).logits.shape == (2, 1, 64, 64)
+        assert tiny(torch.randn(1, 3, 168, 308), make_tokens(1)).logits.shape == (1, 1, 48, 88)
 
 
 def test_exactly_the_trainable_parts_get_gradients(tiny):
@@ -30,8 +31,7 @@ def test_exactly_the_trainable_parts_get_gradients(tiny):
     images, tokens = torch.randn(2, 3, 112, 112), make_tokens(2)
     mask = (torch.rand(2, 1, 112, 112) > 0.5).float()
     tiny.zero_grad(set_to_none=True)
-    logits, loss = tiny(images, tokens, mask)
-    loss.backward()
+    training_loss(tiny, images, tokens, mask).backward()
     with_grad = {n for n, p in tiny.named_parameters() if p.grad is not None}
     trainable = {n for n, p in tiny.named_parameters() if p.requires_grad}
     # Independently of requires_grad: the parameters living under adapters, neck, decoder and head.
@@ -51,7 +51,8 @@ def test_loss_is_bce_against_nearest_resized_mask(tiny):
     images, tokens = torch.randn(1, 3, 112, 112), make_tokens(1)
     mask = (torch.rand(1, 1, 112, 112) > 0.5).float()
     torch.manual_seed(2)
-    logits, loss = tiny(images, tokens, mask)
+    step = SegmentationTask(tiny)(images, tokens, mask)
+    logits, loss = step.output.logits, step.loss.total
     # Legacy nearest: target pixel i reads source pixel floor(i * 112 / 32) = floor(3.5 i).
     idx = torch.floor(torch.arange(32) * 3.5).long()
     target = mask[:, :, idx][:, :, :, idx]
@@ -65,9 +66,9 @@ def test_float64_runs_and_agrees_with_float32():
     model = build_model("detris-tiny").eval()
     images, tokens = torch.randn(2, 3, 112, 140), make_tokens(2)
     with torch.no_grad():
-        out32 = model(images, tokens)
+        out32 = model(images, tokens).logits
         model64 = model.double()
-        out64 = model64(images.double(), tokens)
+        out64 = model64(images.double(), tokens).logits
     assert out64.dtype == torch.float64
     assert (out32.double() - out64).abs().max() < 1e-3 * max(1.0, out64.abs().max().item())
 
@@ -88,7 +89,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
     for enabled in (False, True):
         model.zero_grad(set_to_none=True)
         model.set_grad_checkpointing(enabled)
-        model(images, tokens, mask)[1].backward()
+        training_loss(model, images, tokens, mask).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     assert max((grads[0][k] - grads[1][k]).abs().max().item() for k in grads[0]) < 1e-5
@@ -151,5 +152,5 @@ def test_detris_b_full_size_forward_batch_1():
     torch.manual_seed(0)
     model = build_model("detris-b").eval()
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 448, 448), make_tokens(1))
+        out = model(torch.randn(1, 3, 448, 448), make_tokens(1)).logits
     assert out.shape == (1, 1, 128, 128) and torch.isfinite(out).all()

@@ -13,7 +13,7 @@ import detris.precision as precision
 from detris.inference import prepare_image, segment
 from detris.precision import resolve_dtype
 from detris.predictor import Predictor
-from model_fixtures import random_tiny_model
+from model_fixtures import random_tiny_model, training_loss
 
 CPU = torch.device("cpu")
 
@@ -79,7 +79,7 @@ def _gradients(model: torch.nn.Module, images, tokens, masks, dtype) -> dict[str
     model.zero_grad(set_to_none=True)
     torch.manual_seed(0)  # the same dropout draws in both precisions
     with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        _logits, loss = model(images, tokens, masks)
+        loss = training_loss(model, images, tokens, masks)
     loss.float().backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -155,8 +155,6 @@ def test_int8_quantises_a_copy_of_the_vision_tower():
 
 
 def test_low_precision_leaves_no_autocast_behind_when_the_tower_raises():
-    from detris.inference import low_precision
-
     model = random_tiny_model(112)
 
     def broken(*args, **kwargs):
@@ -165,6 +163,6 @@ def test_low_precision_leaves_no_autocast_behind_when_the_tower_raises():
 
     model.dinov2.blocks[0].forward = broken
     with pytest.raises(RuntimeError, match="a block failed"):
-        with low_precision(model, torch.bfloat16, CPU):
+        with model.low_precision(torch.bfloat16):
             model(torch.randn(1, 3, 112, 112), torch.randint(1, 400, (1, 17)))
     assert not torch.is_autocast_enabled("cpu")

@@ -44,7 +44,7 @@ def model() -> torch.nn.Module:
     x = torch.from_numpy(np.stack([(scene(s, s, seed=k) / 255.0 - CLIP_MEAN) / CLIP_STD for k in range(2)]))
     x = x.permute(0, 3, 1, 2).float()
     with torch.no_grad():
-        logits = model(x, detris.tokenize(TEXTS, context_length=model.config.word_len))
+        logits = model(x, detris.tokenize(TEXTS, context_length=model.config.word_len)).logits
         model.proj.txt.bias[-1] += math.log(0.35 / 0.65) - torch.quantile(logits.flatten(), 0.5).item()
     return model
 
@@ -87,7 +87,7 @@ def reference_masks(model, rgb: np.ndarray, texts, threshold=0.35) -> list[np.nd
     with torch.no_grad():
         for text in texts:
             tokens = detris.tokenize([text], context_length=model.config.word_len)
-            prob = torch.sigmoid(model(x, tokens).float())
+            prob = torch.sigmoid(model(x, tokens).logits.float())
             prob = F.interpolate(prob, size=(s, s), mode="bicubic", align_corners=True)[0, 0].numpy()
             back = cv2.warpAffine(prob, inv, (w, h), flags=cv2.INTER_CUBIC, borderValue=0.0)
             out.append(back > threshold)

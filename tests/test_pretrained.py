@@ -39,7 +39,7 @@ def checkpoint(files, tmp_path_factory) -> tuple[Path, torch.nn.Module]:
 def _logits(model: torch.nn.Module) -> torch.Tensor:
     images, tokens = official_inputs(1)
     with torch.no_grad():
-        return model.eval()(images, tokens)
+        return model.eval()(images, tokens).logits
 
 
 def test_registry_lists_the_released_checkpoints(capsys):
@@ -104,7 +104,7 @@ import detris.pretrained as p
 if len(sys.argv) > 4:  # a second load must not read the pickle again
     p.load_official_checkpoint = lambda *a, **k: (_ for _ in ()).throw(AssertionError("read again"))
 model = detris.from_pretrained(name)
-torch.save(model(*torch.load(out + ".in")), out)
+torch.save(model(*torch.load(out + ".in")).logits, out)
 """
 
 

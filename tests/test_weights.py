@@ -58,7 +58,7 @@ def test_official_ddp_checkpoint_loads_strictly_and_reproduces_logits(files, tmp
     assert not loaded.training
     images, tokens = official_inputs()
     with torch.no_grad():
-        assert torch.equal(loaded(images, tokens), model(images, tokens))
+        assert torch.equal(loaded(images, tokens).logits, model(images, tokens).logits)
 
 
 def test_variant_is_read_off_the_checkpoint(files, tmp_path, capsys):
@@ -71,7 +71,7 @@ def test_variant_is_read_off_the_checkpoint(files, tmp_path, capsys):
     assert loaded.config.name == "detris-tiny"
     images, tokens = official_inputs()
     with torch.no_grad():
-        assert torch.equal(loaded(images, tokens), model(images, tokens))
+        assert torch.equal(loaded(images, tokens).logits, model(images, tokens).logits)
     assert main(["convert-official", str(tmp_path / "best_model.pth"), "--out", str(tmp_path / "conv")]) == 0
     assert "detris-tiny, read off the checkpoint's shapes" in capsys.readouterr().out
 
@@ -96,7 +96,7 @@ def test_bare_state_dict_and_clip_image_tower_keys_are_accepted(files, tmp_path)
     loaded = load_official_checkpoint(tmp_path / "bare.pth", variant="detris-tiny")
     images, tokens = official_inputs(1)
     with torch.no_grad():
-        assert torch.equal(loaded(images, tokens), model(images, tokens))
+        assert torch.equal(loaded(images, tokens).logits, model(images, tokens).logits)
 
 
 def test_unknown_and_missing_keys_are_named(files, tmp_path):
@@ -144,14 +144,15 @@ def test_full_and_adapter_only_round_trips_are_exact(files, tmp_path):
     model = trained_tiny(files, seed=3)
     images, tokens = official_inputs()
     with torch.no_grad():
-        ref = model(images, tokens)
+        ref = model(images, tokens).logits
     model.save_pretrained(tmp_path / "full")
-    model.save_pretrained(tmp_path / "adapters", adapter_only=True)
+    model.save_pretrained(tmp_path / "adapters", adapter_only=True,
+                          base_weights={"dinov2": files["dino"], "clip": files["clip_ts"]})
     full = from_pretrained(tmp_path / "full")
     light = from_pretrained(tmp_path / "adapters")
     with torch.no_grad():
-        assert torch.equal(full(images, tokens), ref)
-        assert torch.equal(light(images, tokens), ref)
+        assert torch.equal(full(images, tokens).logits, ref)
+        assert torch.equal(light(images, tokens).logits, ref)
     # The adapter-only file holds the trainable tensors (and their BN statistics) and nothing else.
     trainable = trainable_state_dict(model)
     assert all(p.requires_grad == (n in trainable) for n, p in model.named_parameters())
@@ -170,9 +171,9 @@ def test_adapter_only_base_weights_are_resolved_or_reported(files, tmp_path, mon
     monkeypatch.setenv("DETRIS_HOME", str(files["root"]))
     images, tokens = official_inputs(1)
     with torch.no_grad():
-        assert torch.equal(from_pretrained(tmp_path / "m")(images, tokens), model(images, tokens))
+        assert torch.equal(from_pretrained(tmp_path / "m")(images, tokens).logits, model(images, tokens).logits)
         explicit = from_pretrained(tmp_path / "m", dinov2_weights=files["dino"], clip_weights=files["clip_ts"])
-        assert torch.equal(explicit(images, tokens), model(images, tokens))
+        assert torch.equal(explicit(images, tokens).logits, model(images, tokens).logits)
 
 
 def test_save_is_atomic_and_leaves_no_temporary_files(files, tmp_path):

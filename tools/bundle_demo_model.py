@@ -47,7 +47,7 @@ def record(model_dir: Path) -> dict:
                          **{f"{k}_weights": v for k, v in tiny_tower_paths().items()}).eval()
     words, sentence = towers.txt_backbone(tokens)
     final, _ = towers.dinov2(images, words, ())
-    logits = model(images, tokens)
+    logits = model(images, tokens).logits
     return {
         "seed": REFERENCE_SEED, "image_size": size, "word_len": word_len, "texts": texts,
         "patch_size": model.config.patch_size, "pretrained_grid": model.config.pretrained_grid,

@@ -16,6 +16,7 @@ from .modeling import (
     Projector,
     TextAdapter,
 )
+from .processing import ProcessingConfig
 from .variants import DetrisConfig, get_variant
 from .weights.clip import load_clip_text_weights
 from .weights.dinov2 import load_dinov2_weights
@@ -25,6 +26,8 @@ def build_model(
     variant: str | DetrisConfig = "detris-b",
     dinov2_weights: str | os.PathLike | None = None,
     clip_weights: str | os.PathLike | None = None,
+    *,
+    processing: ProcessingConfig | None = None,
     **overrides: Any,
 ) -> DETRIS:
     """Build DETRIS for a named variant (``detris-b``, ``detris-l``, ``detris-l-mixed``, ``detris-tiny``).
@@ -33,11 +36,14 @@ def build_model(
         variant: a variant name or a ``DetrisConfig``.
         dinov2_weights: official ``dinov2_vit{b,l}14_reg4_pretrain.pth`` (or transformers weights).
         clip_weights: OpenAI ``ViT-B-16.pt`` (TorchScript or state dict, or transformers weights).
+        processing: the preprocessing contract the model carries (default: the official one for its
+            sizes, `ProcessingConfig.for_model`).
         overrides: variant fields to replace, e.g. ``word_len=22``.
 
     Returns:
         The model in training mode with both backbones frozen except their adapters. Towers without a
-        weight file keep their random initialisation.
+        weight file keep their random initialisation. The model does not remember the files: an
+        adapter-only save takes them again (``save_pretrained(..., base_weights=...)``).
     """
     cfg = get_variant(variant, **overrides)  # a name or a DetrisConfig
     aligners = {
@@ -84,15 +90,9 @@ def build_model(
     no_target = (
         NoTargetHead(cfg.fusion_dim, cfg.text_embed_dim, cfg.projector_dim) if cfg.no_target_head else None
     )
-    model = DETRIS(text, vision, neck, decoder, head, cfg.vision_feature_layers, cfg.word_len,
-                   no_target_head=no_target, no_target_weight=cfg.no_target_weight)
-    model.config = cfg
-    model.base_weights = None
-    if dinov2_weights is not None or clip_weights is not None:
-        if dinov2_weights is not None:
-            load_dinov2_weights(model.dinov2, dinov2_weights)
-        if clip_weights is not None:
-            load_clip_text_weights(model.txt_backbone, clip_weights)
-        if dinov2_weights is not None and clip_weights is not None:
-            model.base_weights = {"dinov2": str(dinov2_weights), "clip": str(clip_weights)}
+    model = DETRIS(cfg, text, vision, neck, decoder, head, no_target_head=no_target, processing=processing)
+    if dinov2_weights is not None:
+        load_dinov2_weights(model.dinov2, dinov2_weights)
+    if clip_weights is not None:
+        load_clip_text_weights(model.txt_backbone, clip_weights)
     return model.freeze_backbones()

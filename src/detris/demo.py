@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .bundled import TINY_TOWER_GEOMETRY
 from .data.datasets import ReferSegDataset
@@ -29,7 +28,7 @@ from .visualize import save_overlay
 __all__ = ["run_demo", "demo_settings", "write_overlays"]
 
 
-def write_overlays(model: torch.nn.Module, scenes: list[Scene], out_dir: Path, max_items: int = 8) -> list[Path]:
+def write_overlays(model: DETRIS, scenes: list[Scene], out_dir: Path, max_items: int = 8) -> list[Path]:
     """Segment the first expression of every object of ``scenes`` and write ``overlay_*.png`` files."""
     predictor = Predictor(model, device="cpu")
     paths: list[Path] = []

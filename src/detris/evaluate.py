@@ -43,7 +43,6 @@ from typing import IO, Any
 import cv2
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
@@ -52,6 +51,7 @@ from .data.images import ImageLoadError
 from .gres_metrics import GRES_PR_THRESHOLDS, GresMeter
 from .inference import Segmentation, segment
 from .metrics import PR_KEYS, SegmentationMeter, intersection_union
+from .modeling import DETRIS
 from .postprocess import DEFAULT_THRESHOLD
 from .utils import resolve_device
 
@@ -225,7 +225,7 @@ def _note_skipped(batch: dict[str, Any], scores: _Scores) -> int:
     return len(batch["skipped"])
 
 
-def _score_batch(model: nn.Module, batch: dict[str, Any], dev: torch.device, scores: _Scores,
+def _score_batch(model: DETRIS, batch: dict[str, Any], dev: torch.device, scores: _Scores,
                  writer: _PredictionWriter | None, options: dict[str, Any]) -> int:
     """Segment and score one collated batch; returns the number of expressions it held."""
     if "mask_orig" not in batch:
@@ -256,7 +256,7 @@ def _score_gres(meter: GresMeter, seg: Segmentation, i: int, truth: torch.Tensor
             "I": outcome.intersection, "U": outcome.union}
 
 
-def _score_loader(model: nn.Module, loader: DataLoader, dev: torch.device, scores: _Scores,
+def _score_loader(model: DETRIS, loader: DataLoader, dev: torch.device, scores: _Scores,
                   writer: _PredictionWriter | None, options: dict[str, Any], total: int, progress: bool) -> None:
     bar = tqdm(total=total, unit="expr", desc="eval", disable=not progress, dynamic_ncols=True)
     try:
@@ -274,7 +274,7 @@ def _score_loader(model: nn.Module, loader: DataLoader, dev: torch.device, score
 
 
 def evaluate(
-    model: nn.Module,
+    model: DETRIS,
     dataset: Dataset,
     batch_size: int = 8,
     device: None | str | torch.device = None,
@@ -315,7 +315,7 @@ def evaluate(
         batch_invariant: run the model one sample at a time so that results do not depend on
             ``batch_size`` (default, official batch-1 numerics); ``False`` runs one forward per batch.
         threshold: probability threshold (official 0.35, compared with ``>``).
-        dtype: low precision of the vision tower (`detris.inference.low_precision`); None = float32 (the
+        dtype: low precision of the vision tower (`DETRIS.low_precision`); None = float32 (the
             protocol).
         rank, world_size: score every ``world_size``-th item starting at ``rank`` and sum the meters
             over the processes (``torch.distributed`` must be initialised when ``world_size > 1``).

@@ -36,8 +36,10 @@ import torch
 from torch import Tensor, nn
 
 from .inference import NO_TARGET_THRESHOLD
+from .modeling import DETRIS
 from .processing import ProcessingConfig
 from .utils import atomic_write_with_side_files
+from .variants import DetrisConfig
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -155,37 +157,33 @@ def prepare_output(out: PathLike, fmt: str, create: bool = False) -> Path:
     return path
 
 
-def _check_model(model: nn.Module) -> Any:
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        raise ExportError(
-            "the model has no config: build it with detris.build_model or load it with detris.from_pretrained"
-        )
+def _check_model(model: DETRIS) -> DetrisConfig:
     dtypes = {p.dtype for p in model.parameters()}
     if dtypes != {torch.float32}:
         names = ", ".join(sorted(str(d) for d in dtypes))
         raise ExportError(
             f"the exported graph is float32 but the model holds {names} weights: call model.float() first"
         )
-    return cfg
+    return model.config
 
 
 # ------------------------------------------------------------------------------------ graph
 
 
 class _LogitsGraph(nn.Module):
-    """The part of ``DETRIS.forward`` that is exported: (images, tokens) -> logits, no loss branch; a
-    model with the no-target head also returns its logits."""
+    """What is exported of ``DETRIS.forward``: (images, tokens) -> logits, and the no-target logits
+    for a model with the no-target head (an exported graph has no optional outputs)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: DETRIS) -> None:
         super().__init__()
         self.model = model
-        self.with_no_target = getattr(model, "no_target_head", None) is not None
+        self.with_no_target = model.config.no_target_head
 
     def forward(self, images: Tensor, tokens: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        if self.with_no_target:
-            return self.model.forward_with_no_target(images, tokens)  # type: ignore[operator]
-        return self.model(images, tokens)
+        out = self.model(images, tokens)
+        if out.no_target_logits is None:
+            return out.logits
+        return out.logits, out.no_target_logits
 
 
 def example_inputs(config: Any, batch_size: int = 1, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
@@ -213,7 +211,7 @@ def example_inputs(config: Any, batch_size: int = 1, device: torch.device | str 
     return images.to(device), tokens.to(device)
 
 
-def export_metadata(config: Any, batch_size: int | None, processing: ProcessingConfig | None = None) -> dict[str, str]:
+def export_metadata(config: DetrisConfig, batch_size: int | None, processing: ProcessingConfig | None = None) -> dict[str, str]:
     """What a runtime needs besides the graph: shapes, normalisation and post-processing (the model's
     stored preprocessing contract; the official one by default).
 
@@ -316,7 +314,7 @@ def _write_program(graph: nn.Module, example: tuple[Tensor, Tensor], meta: dict[
 
 
 def export_model(
-    model: nn.Module,
+    model: DETRIS,
     fmt: str,
     out: PathLike,
     batch_size: int | None = None,
@@ -352,7 +350,7 @@ def export_model(
     device = next(model.parameters()).device
     # A traced dimension of size 1 would be specialised to 1: trace a dynamic batch with two samples.
     example = example_inputs(cfg, batch_size or _TRACE_BATCH, device)
-    meta = export_metadata(cfg, batch_size, getattr(model, "processing", None))
+    meta = export_metadata(cfg, batch_size, model.processing)
     dynamic = _dynamic_shapes(batch_size)
     if external_data is None:
         external_data = _weight_bytes(model) > _SINGLE_FILE_LIMIT

@@ -6,7 +6,7 @@ there is one implementation of the official protocol around the forward pass:
 1. `prepare_image`: letterbox to the model's square input (one affine map, bicubic, border = the
    CLIP mean colour) and normalise with the CLIP mean/std (`detris.data.transforms`);
 2. `segment`: the forward pass in eval mode (optionally with the vision tower in bf16 / fp16,
-   `low_precision`; optionally one sample at a time), then per sample `detris.postprocess.logits_to_probability` (sigmoid, bicubic with
+   ``DETRIS.low_precision``; optionally one sample at a time), then per sample `detris.postprocess.logits_to_probability` (sigmoid, bicubic with
    ``align_corners=True`` to the input size, inverse letterbox to the original size) and
    `detris.postprocess.binarize` (``prob > threshold``);
 3. the no-target decision (gRefCOCO): the no-target head's probability above
@@ -19,19 +19,18 @@ Datasets (`detris.data.datasets`) run step 1 themselves, with the same functions
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .data.transforms import letterbox_image, normalize_image
+from .modeling import DETRIS, DetrisOutput
 from .postprocess import DEFAULT_THRESHOLD, binarize, logits_to_probability
 
-__all__ = ["NO_TARGET_THRESHOLD", "Segmentation", "prepare_image", "forward_logits", "low_precision", "segment"]
+__all__ = ["NO_TARGET_THRESHOLD", "Segmentation", "prepare_image", "forward_logits", "segment"]
 
 #: A no-target probability above this is a "refers to nothing" decision (ReLA's argmax of two classes).
 NO_TARGET_THRESHOLD = 0.5
@@ -44,50 +43,11 @@ def prepare_image(rgb: np.ndarray, input_size: int) -> tuple[Tensor, np.ndarray]
     return normalize_image(warped), inverse
 
 
-@contextlib.contextmanager
-def low_precision(model: nn.Module, dtype: torch.dtype | None, device: torch.device) -> Iterator[None]:
-    """Run ``model``'s forward with ``dtype`` (bf16 / fp16) where it pays and is safe: in the vision
-    tower, under autocast, for a DETRIS model; the whole forward under autocast for any other model.
-
-    The DINOv2 tower (with the Dense Aligners inside it) holds nearly all of the forward's FLOPs and its
-    bf16 masks agree with float32's (mean IoU 0.994 on DETRIS-B); the text tower (17 tokens: almost no
-    time) and the neck, decoder and head in bf16 each move mask boundaries (IoU 0.94-0.98;
-    docs/benchmarks.md), so they run in float32 on the tower's outputs cast back to float32.
-    """
-    if dtype is None or dtype == torch.float32:
-        yield
-        return
-    tower = getattr(model, "dinov2", None)
-    if not isinstance(tower, nn.Module):
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            yield
-        return
-    scopes: list[contextlib.AbstractContextManager] = []
-
-    def enter(_module: nn.Module, _args: Any) -> None:
-        scopes.append(torch.autocast(device_type=device.type, dtype=dtype))
-        scopes[-1].__enter__()
-
-    def leave(_module: nn.Module, _args: Any, out: Any) -> Any:
-        scopes.pop().__exit__(None, None, None)
-        final, tapped = out
-        return final.float(), [t.float() for t in tapped]
-
-    hooks = [tower.register_forward_pre_hook(enter), tower.register_forward_hook(leave)]
-    try:
-        yield
-    finally:
-        for hook in hooks:
-            hook.remove()
-        while scopes:  # the tower raised: its autocast must not outlive the call
-            scopes.pop().__exit__(None, None, None)
-
-
 def forward_logits(
-    model: nn.Module, images: Tensor, tokens: Tensor, one_at_a_time: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """``images (N, 3, S, S)``, ``tokens (N, L)`` -> logits ``(N, 1, h, w)`` and the no-target logits
-    ``(N,)`` (None for a model without a no-target head); checks the output shape.
+    model: DETRIS, images: Tensor, tokens: Tensor, one_at_a_time: bool = False
+) -> DetrisOutput:
+    """``images (N, 3, S, S)``, ``tokens (N, L)`` -> the model's `DetrisOutput`: logits ``(N, 1, h, w)``
+    and the no-target logits ``(N,)`` (None for a model without a no-target head).
 
     ``one_at_a_time``: a forward per sample, so that every op rounds as in the official batch-1 test
     loop (kernels chosen by shape round differently at other batch sizes).
@@ -96,21 +56,11 @@ def forward_logits(
     if images.dtype != weight_dtype:
         # A model cast to bf16 / fp16 (``model.to(torch.bfloat16)``) takes inputs of its own dtype.
         images = images.to(weight_dtype)
-    with_head = getattr(model, "no_target_head", None) is not None
-
-    def run(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
-        return model.forward_with_no_target(x, t) if with_head else (model(x, t), None)  # type: ignore[operator]
-
-    if one_at_a_time:
-        parts = [run(images[i : i + 1], tokens[i : i + 1]) for i in range(images.shape[0])]
-        logits = torch.cat([p[0] for p in parts])
-        no_target = torch.cat([p[1] for p in parts if p[1] is not None]) if with_head else None
-    else:
-        logits, no_target = run(images, tokens)
-    if not isinstance(logits, Tensor) or logits.ndim != 4 or logits.shape[:2] != (images.shape[0], 1):
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model returned {shape}; expected logits of shape (N={images.shape[0]}, 1, h, w)")
-    return logits, no_target
+    if not one_at_a_time:
+        return model(images, tokens)
+    parts = [model(images[i : i + 1], tokens[i : i + 1]) for i in range(images.shape[0])]
+    no_target = [p.no_target_logits for p in parts if p.no_target_logits is not None]
+    return DetrisOutput(torch.cat([p.logits for p in parts]), torch.cat(no_target) if no_target else None)
 
 
 @dataclass
@@ -143,7 +93,7 @@ class Segmentation:
 
 @torch.inference_mode()
 def segment(
-    model: nn.Module,
+    model: DETRIS,
     images: Tensor,
     tokens: Tensor,
     inverses: Sequence[np.ndarray] | Tensor,
@@ -161,14 +111,14 @@ def segment(
         inverses: ``N`` inverse letterbox matrices ``(2, 3)``.
         orig_sizes: ``N`` original sizes ``(H_i, W_i)``.
         threshold: probability threshold (``prob > threshold``; official 0.35).
-        dtype: ``torch.bfloat16`` / ``torch.float16`` for the vision tower (see `low_precision`); None =
-            float32, the protocol.
+        dtype: ``torch.bfloat16`` / ``torch.float16`` for the vision tower (``DETRIS.low_precision``);
+            None = float32, the protocol.
         one_at_a_time: see `forward_logits`.
     """
     was_training = model.training
     model.eval()
     try:
-        with low_precision(model, dtype, images.device):
+        with model.low_precision(dtype):
             logits, nt_logits = forward_logits(model, images, tokens, one_at_a_time)
     finally:
         model.train(was_training)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from detris.data.transforms import inverse_warp
 
-__all__ = ["DEFAULT_THRESHOLD", "logits_to_probability", "binarize"]
+__all__ = ["DEFAULT_THRESHOLD", "logits_to_probability", "upsample_probability", "binarize"]
 
 #: Probability threshold of the official evaluation (compared with ``>``).
 DEFAULT_THRESHOLD: float = 0.35
@@ -37,6 +37,15 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def upsample_probability(prob: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Probabilities ``(N, 1, h, w)`` -> ``(N, 1, *size)`` as the official test resizes them (bicubic,
+    ``align_corners=True``); unchanged when already at ``size``. Differentiable (the Dice loss
+    scores the prediction through it)."""
+    if tuple(prob.shape[-2:]) == tuple(size):
+        return prob
+    return F.interpolate(prob, size=tuple(size), mode="bicubic", align_corners=True)
 
 
 @torch.no_grad()
@@ -75,9 +84,7 @@ def logits_to_probability(
         )
     # Sigmoid first, then interpolate the probabilities: the order changes the result because
     # bicubic interpolation overshoots and sigmoid is non-linear.
-    prob = torch.sigmoid(logits.detach().to(torch.float32))
-    if tuple(prob.shape[-2:]) != (in_h, in_w):
-        prob = F.interpolate(prob, size=(in_h, in_w), mode="bicubic", align_corners=True)
+    prob = upsample_probability(torch.sigmoid(logits.detach().to(torch.float32)), (in_h, in_w))
     prob_np = prob[:, 0].cpu().numpy()
     out = []
     for i in range(n):

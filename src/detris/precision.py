@@ -5,7 +5,7 @@ only where the hardware has bfloat16 arithmetic -- a CUDA GPU that supports it, 
 ``avx512_bf16`` or AMX (``amx_bf16``) -- and float32 elsewhere: on CPUs without those units PyTorch
 emulates bfloat16 and runs several times *slower* than float32 (docs/benchmarks.md).
 
-Where the chosen precision is used: `detris.inference.low_precision` (the vision tower only).
+Where the chosen precision is used: `DETRIS.low_precision` (the vision tower only).
 
 ``"int8"`` (CPU, opt-in, never chosen by ``auto``): `quantize_vision_int8` returns a copy of the model
 whose vision-tower Linear layers are dynamically quantised (int8 weights, per-batch activation scales;
@@ -19,9 +19,13 @@ import copy
 import functools
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .modeling import DETRIS
 
 __all__ = ["DTYPES", "INT8", "cpu_has_native_bf16", "dtype_name", "resolve_dtype", "quantize_vision_int8"]
 
@@ -81,7 +85,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return "int8" if dtype == INT8 else str(dtype).replace("torch.", "")
 
 
-def quantize_vision_int8(model: nn.Module) -> nn.Module:
+def quantize_vision_int8(model: DETRIS) -> DETRIS:
     """A copy of ``model`` whose vision tower's Linear layers are dynamically quantised to int8 (CPU);
     the caller's model is left as it is.
 

@@ -21,6 +21,7 @@ import torch
 
 from .data.images import ImageInput, load_image
 from .inference import prepare_image, segment
+from .modeling import DETRIS
 from .precision import INT8, dtype_name, quantize_vision_int8, resolve_dtype
 from .processing import ProcessingConfig
 from .tokenizer import shared_tokenizer, tokenize
@@ -103,7 +104,7 @@ class Predictor:
             ``torch.float16`` (GPU only), or ``"auto"``: bfloat16 where the hardware computes it natively
             (a CPU with avx512_bf16 or AMX, a recent GPU), float32 elsewhere. Names (``"bfloat16"``) work
             too. A low precision runs the vision tower in it, under autocast, and the rest in float32
-            (`detris.inference.low_precision`); the weights stay as they are. ``"int8"`` (CPU) runs a
+            (`DETRIS.low_precision`); the weights stay as they are. ``"int8"`` (CPU) runs a
             copy of the model with int8 vision-tower Linear layers (`detris.precision.quantize_vision_int8`).
         max_batch: most expressions run in one forward pass (bounds memory for long lists).
 
@@ -116,15 +117,14 @@ class Predictor:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: DETRIS,
         device: None | str | torch.device = None,
         dtype: None | str | torch.dtype = None,
         max_batch: int = 8,
     ) -> None:
-        config = getattr(model, "config", None)
-        if config is None or not hasattr(config, "image_size") or not hasattr(config, "word_len"):
+        if not isinstance(model, DETRIS):
             raise TypeError(
-                f"Predictor needs a DETRIS model (with .config), got {type(model).__name__}; "
+                f"Predictor needs a DETRIS model, got {type(model).__name__}; "
                 "load one with detris.from_pretrained or detris.load_official_checkpoint"
             )
         if max_batch < 1:
@@ -138,7 +138,7 @@ class Predictor:
         if self.dtype == INT8:
             self.model = quantize_vision_int8(self.model).eval()
         # The preprocessing contract stored with the weights (the official one for older files).
-        self.processing: ProcessingConfig = getattr(model, "processing", None) or ProcessingConfig.for_model(config)
+        self.processing: ProcessingConfig = model.processing
         self.image_size = self.processing.input_size
         self.word_len = self.processing.word_len
 
@@ -197,5 +197,5 @@ class Predictor:
         return out
 
     def __repr__(self) -> str:
-        name = getattr(self.model.config, "name", type(self.model).__name__)
+        name = self.model.config.name
         return f"Predictor({name}, device={self.device}, dtype={dtype_name(self.dtype)}, input={self.image_size}px)"

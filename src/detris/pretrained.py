@@ -202,11 +202,10 @@ def _build(files: ModelFiles, dinov2_weights: PathLike | None, clip_weights: Pat
     if files.adapter_only:
         dino = Path(dinov2_weights) if dinov2_weights else _resolve_base(files.base_weights["dinov2"], files.directory)
         clip = Path(clip_weights) if clip_weights else _resolve_base(files.base_weights["clip"], files.directory)
-        model = build_model(files.config, dinov2_weights=dino, clip_weights=clip)
+        model = build_model(files.config, dinov2_weights=dino, clip_weights=clip, processing=files.processing)
     else:
-        model = build_model(files.config)
+        model = build_model(files.config, processing=files.processing)
     load_trained_weights(model, files)
-    model.processing = files.processing
     return model.eval()
 
 

@@ -234,8 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        # Expected user errors: one clear line, no traceback.
+    except (FileNotFoundError, ValueError) as err:
+        # Expected user errors (missing files, bad values: every error type detris raises for its
+        # input derives from one of these): one clear line, no traceback. A TypeError is a bug and keeps
+        # its traceback.
         print(f"detris {args.command}: error: {err}", file=sys.stderr)
         return 2
 

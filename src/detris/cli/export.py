@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from ..export import (
     MissingExportDependency,
@@ -16,15 +15,8 @@ from ..export import (
     require_packages,
 )
 from ..pretrained import from_pretrained, resolve_model_dir
-from ..processing import ProcessingConfig
 
 __all__ = ["run_export_command"]
-
-
-def meta_threshold(model: Any) -> float:
-    """The threshold the exported file records: the model's stored one."""
-    processing = getattr(model, "processing", None)
-    return processing.threshold if processing is not None else ProcessingConfig.for_model(model.config).threshold
 
 
 def run_export_command(args: argparse.Namespace) -> int:
@@ -57,6 +49,6 @@ def run_export_command(args: argparse.Namespace) -> int:
         f"  inputs : images float32 ({b}, 3, {cfg.image_size}, {cfg.image_size}) CLIP-normalised, "
         f"tokens int64 ({b}, {cfg.word_len})\n"
         f"  output : logits float32 ({b}, 1, {side}, {side}); "
-        f"mask = sigmoid -> bicubic -> inverse letterbox -> > {meta_threshold(model)}"
+        f"mask = sigmoid -> bicubic -> inverse letterbox -> > {model.processing.threshold}"
     )
     return 0

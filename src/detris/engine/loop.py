@@ -38,8 +38,8 @@ from .checkpoint import (
 )
 from .config import BUNDLED, RunConfig, config_to_dict
 from .distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, cleanup_distributed, init_distributed
-from .losses import upsampled_dice_loss
 from .schedule import ProgressSchedule
+from .task import SegmentationTask
 from .tracking import MetricsLogger, plot_curves
 
 __all__ = ["TrainingDiverged", "train", "validate", "build_datasets"]
@@ -107,8 +107,7 @@ def build_datasets(cfg: RunConfig, run_dir: Path, info: DistInfo, input_size: in
 def _backbone_files(cfg: RunConfig) -> dict[str, str | None]:
     """The backbone files of ``model.dinov2_weights`` / ``model.clip_weights`` ("bundled" resolved)."""
     files: dict[str, str | None] = {}
-    for kind in ("dinov2", "clip"):
-        value = getattr(cfg.model, f"{kind}_weights")
+    for kind, value in (("dinov2", cfg.model.dinov2_weights), ("clip", cfg.model.clip_weights)):
         if value == BUNDLED:
             value = str(tiny_tower_paths()[kind])
         elif value is not None and not Path(value).is_file():
@@ -146,7 +145,7 @@ def _param_groups(model: DETRIS) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------ validation
 def validate(
-    model: nn.Module,
+    model: DETRIS,
     dataset,
     info: DistInfo,
     batch_size: int,
@@ -219,7 +218,8 @@ class _Run:
     info: DistInfo
     run_dir: Path
     model: DETRIS  # the model itself: what is saved and validated
-    ddp: nn.Module  # what the forward pass runs: the model, or its DDP wrapper
+    ddp: nn.Module  # what the training forward runs: the SegmentationTask, or its DDP wrapper
+    backbones: dict[str, str | None]  # the base backbone files (None: random init), for adapter-only saves
     optimizer: torch.optim.Optimizer
     scheduler: Any  # MultiStepLR (per epoch) or ProgressSchedule (per step)
     scaler: torch.amp.GradScaler
@@ -252,7 +252,7 @@ class _Run:
 
 
 def _build_model(cfg: RunConfig, info: DistInfo, mcfg: Any, backbones: dict[str, str | None]) -> DETRIS:
-    model = build_model(mcfg, **{f"{k}_weights": v for k, v in backbones.items()})
+    model = build_model(mcfg, dinov2_weights=backbones["dinov2"], clip_weights=backbones["clip"])
     if cfg.model.train_backbones:
         model.requires_grad_(True)
     if cfg.model.grad_checkpointing:
@@ -304,13 +304,14 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
     else:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.lr_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
-    run = _Run(cfg, info, run_dir, model, model, optimizer, scheduler, scaler, sampler, loader, loader_gen,
+    task = SegmentationTask(model, dice_weight=t.dice_weight)
+    run = _Run(cfg, info, run_dir, model, task, backbones, optimizer, scheduler, scaler, sampler, loader, loader_gen,
                train_ds, val_ds, accum, micro, logger=None)
     if ckpt is not None:
         _restore(run, ckpt)
     if info.distributed:
         run.ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None
+            task, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
     if info.is_main:
         run.logger = MetricsLogger(run_dir, cfg.output.tensorboard)
@@ -359,11 +360,13 @@ def _run_validation(run: _Run, epoch: int) -> None:
     key = selection_metric(run.val_ds)
     if summary[key] > run.best.get(key, -1.0):
         run.best = {key: summary[key], "epoch": epoch, "global_step": run.global_step}
-        adapter_only = not run.cfg.output.save_full and getattr(run.model, "base_weights", None) is not None
+        base = {k: v for k, v in run.backbones.items() if v is not None}
+        adapter_only = not run.cfg.output.save_full and len(base) == len(run.backbones)
         # Random-init backbones (no weight files) cannot be re-created from a file, so the exported model
         # then holds every weight.
         try:
-            run.model.save_pretrained(run.run_dir / "best", adapter_only=adapter_only)
+            run.model.save_pretrained(run.run_dir / "best", adapter_only=adapter_only,
+                                      base_weights=base if adapter_only else None)
         except OSError as err:
             raise save_failure(run.run_dir / "best", err, "best model directory") from err
 
@@ -380,9 +383,7 @@ def _micro_step(run: _Run, batch: dict[str, Any], last_micro: bool) -> torch.Ten
     sync: Any = run.ddp.no_sync() if run.info.distributed and not last_micro else contextlib.nullcontext()  # type: ignore[operator]
     with sync:
         with _autocast(t.precision, dev):
-            logits, loss = run.ddp(images, tokens, mask, no_target)
-        if t.dice_weight > 0:
-            loss = loss.float() + t.dice_weight * upsampled_dice_loss(logits, mask)
+            loss = run.ddp(images, tokens, mask, no_target).loss.total
         run.scaler.scale(loss.float() / run.accum).backward()
     return loss.detach().float()
 

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..processing import ProcessingConfig
+from ..variants import DetrisConfig
 from .clip_text import CLIPTextTransformer
 from .decoder import Decoder
 from .dinov2 import DinoVisionTransformer
 from .head import Projector
 from .neck import Neck
-from .no_target import NoTargetHead, no_target_loss
+from .no_target import NoTargetHead
 
-if TYPE_CHECKING:
-    from ..processing import ProcessingConfig
-    from ..variants import DetrisConfig
+__all__ = ["DETRIS", "DetrisOutput"]
+
+
+class DetrisOutput(NamedTuple):
+    """What ``DETRIS.forward`` returns in every mode.
+
+    Attributes:
+        logits: ``(N, 1, 4H/p, 4W/p)`` mask logits (p = patch size).
+        no_target_logits: ``(N,)`` logits of "the expression refers to nothing" from the no-target head,
+            or None for a model without that head (the official one).
+    """
+
+    logits: Tensor
+    no_target_logits: Tensor | None
 
 
 class DETRIS(nn.Module):
@@ -27,48 +43,60 @@ class DETRIS(nn.Module):
     the Dense Aligners inside the vision tower attend to its final word features.
 
     Args:
+        config: the sizes the parts were built from; the model reads its feature taps and token length
+            from it and saves it with its weights.
         txt_backbone: CLIP text tower (with Text Adapters).
         dinov2: DINOv2 ViT (with Dense Aligners).
         neck / decoder / proj: the trainable fusion stages.
-        feature_layers: 0-based ViT blocks whose raw outputs are the first two of the neck's three maps
-            (the third is the final normalised output).
-        word_len: the token length the model works with (the official causal mask is word_len x word_len).
-        no_target_head: the optional "refers to nothing" classifier (gRefCOCO); None, the default, is the
-            official model.
-        no_target_weight: weight of its loss beside the mask loss.
+        no_target_head: the optional "refers to nothing" classifier (gRefCOCO), present exactly when
+            ``config.no_target_head`` is set; None, the default, is the official model.
+        processing: the preprocessing contract stored with the weights; None gives the official one
+            for ``config`` (`ProcessingConfig.for_model`).
     """
 
-    #: The sizes this model was built from (set by ``build_model``).
     config: DetrisConfig
-    #: The preprocessing contract stored with the weights (set by ``from_pretrained``; None: the official one).
-    processing: ProcessingConfig | None
-    #: The backbone files the towers were loaded from (set by ``build_model``; needed by adapter-only saves).
-    base_weights: dict[str, str] | None
+    processing: ProcessingConfig
 
     def __init__(
         self,
+        config: DetrisConfig,
         txt_backbone: CLIPTextTransformer,
         dinov2: DinoVisionTransformer,
         neck: Neck,
         decoder: Decoder,
         proj: Projector,
-        feature_layers: tuple[int, ...],
-        word_len: int,
         no_target_head: NoTargetHead | None = None,
-        no_target_weight: float = 0.0,
+        processing: ProcessingConfig | None = None,
     ) -> None:
         super().__init__()
+        if dinov2.patch_size != config.patch_size:
+            raise ValueError(f"the vision tower has {dinov2.patch_size} px patches but config says {config.patch_size}")
+        if (no_target_head is not None) != config.no_target_head:
+            raise ValueError(
+                f"config.no_target_head is {config.no_target_head} but a no-target head was "
+                f"{'given' if no_target_head is not None else 'not given'}"
+            )
+        self.config = config
+        self.processing = processing if processing is not None else ProcessingConfig.for_model(config)
         self.txt_backbone = txt_backbone
         self.dinov2 = dinov2
         self.neck = neck
         self.decoder = decoder
         self.proj = proj
-        self.feature_layers = tuple(feature_layers)
-        self.word_len = word_len
         self.no_target_head = no_target_head
-        self.no_target_weight = float(no_target_weight)
-        self.processing = None
-        self.base_weights = None
+        # The dtype the vision tower runs in under `low_precision` (None: the weights' own).
+        self._vision_dtype: torch.dtype | None = None
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        """0-based ViT blocks whose raw outputs are the first two of the neck's three maps (the third is
+        the final normalised output)."""
+        return self.config.vision_feature_layers
+
+    @property
+    def word_len(self) -> int:
+        """The token length the model works with (the official causal mask is word_len x word_len)."""
+        return self.config.word_len
 
     # ------------------------------------------------------------------ freezing
     def backbone_modules(self) -> list[nn.Module]:
@@ -121,18 +149,32 @@ class DETRIS(nn.Module):
         return self
 
     # ------------------------------------------------------------------ saving
-    def save_pretrained(self, directory, adapter_only: bool = False, base_weights=None):
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        adapter_only: bool = False,
+        base_weights: Mapping[str, str | os.PathLike] | None = None,
+    ) -> Path:
         """Write ``config.json`` + ``model.safetensors``; see ``detris.weights.save_pretrained``.
+        An adapter-only save needs ``base_weights``, the backbone files the model was built from.
         (Loading is ``detris.from_pretrained``.)"""
         from ..weights.detris_format import save_pretrained
 
         return save_pretrained(self, directory, adapter_only=adapter_only, base_weights=base_weights)
 
-    def push_to_hub(self, repo_id: str, adapter_only: bool = False, private: bool = False, **kwargs) -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        adapter_only: bool = False,
+        private: bool = False,
+        base_weights: Mapping[str, str | os.PathLike] | None = None,
+        **kwargs: Any,
+    ) -> str:
         """Upload to the Hugging Face Hub (needs ``huggingface_hub``); see ``detris.weights.push_to_hub``."""
         from ..weights.detris_format import push_to_hub
 
-        return push_to_hub(self, repo_id, adapter_only=adapter_only, private=private, **kwargs)
+        return push_to_hub(self, repo_id, adapter_only=adapter_only, private=private, base_weights=base_weights,
+                           **kwargs)
 
     def parameter_counts(self) -> dict[str, int]:
         """Total, trainable and adapter parameters, and the backbones' size (for the adapter share)."""
@@ -176,6 +218,30 @@ class DETRIS(nn.Module):
             )
         self.dinov2.grid_size(images.shape[-2], images.shape[-1])
 
+    @contextlib.contextmanager
+    def low_precision(self, dtype: torch.dtype | None) -> Iterator[DETRIS]:
+        """Run the vision tower (with the Dense Aligners inside it) in ``dtype`` (bf16 / fp16) under
+        autocast while the context is open; everything else stays in float32 on the tower's outputs
+        cast back to float32. None or float32: no change.
+
+        Why only the tower: it holds nearly all of the forward's FLOPs and its low-precision masks agree
+        with float32's, while the text tower (a few tokens: almost no time) and the neck, decoder and
+        head each move mask boundaries in bf16 (docs/benchmarks.md).
+        """
+        previous = self._vision_dtype
+        self._vision_dtype = None if dtype in (None, torch.float32) else dtype
+        try:
+            yield self
+        finally:
+            self._vision_dtype = previous
+
+    def _run_vision(self, images: Tensor, words: Tensor) -> tuple[Tensor, list[Tensor]]:
+        if self._vision_dtype is None:
+            return self.dinov2(images, words, self.feature_layers)
+        with torch.autocast(device_type=images.device.type, dtype=self._vision_dtype):
+            final, tapped = self.dinov2(images, words, self.feature_layers)
+        return final.float(), [t.float() for t in tapped]
+
     def encode(self, images: Tensor, tokens: Tensor) -> dict[str, Tensor | list[Tensor]]:
         """The intermediate stages, for inspection and parity checks.
 
@@ -186,7 +252,7 @@ class DETRIS(nn.Module):
         tokens = tokens.long()
         words, sentence = self.txt_backbone(tokens)
         gh, gw = self.dinov2.grid_size(images.shape[-2], images.shape[-1])
-        final, tapped = self.dinov2(images, words, self.feature_layers)
+        final, tapped = self._run_vision(images, words)
         prefix = self.dinov2.num_prefix_tokens
         # (N, prefix + gh*gw, C) tokens -> (N, C, gh, gw) maps as channels-last views: no copy, and the
         # neck's convolutions run in that memory format.
@@ -195,49 +261,22 @@ class DETRIS(nn.Module):
         dec = self.decoder(fq, words, tokens == 0)
         return {"words": words, "sentence": sentence, "maps": maps, "neck": fq, "decoder": dec}
 
-    def forward(
-        self, images: Tensor, tokens: Tensor, mask: Tensor | None = None, no_target: Tensor | None = None
-    ) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor, tokens: Tensor) -> DetrisOutput:
         """Segment the object each expression refers to.
 
         Args:
-            images: (N, 3, H, W) float, normalised with the CLIP mean/std; H, W multiples of 14.
+            images: (N, 3, H, W) float, normalised with the CLIP mean/std; H, W multiples of the patch
+                size p.
             tokens: (N, word_len) int64 from ``detris.tokenize`` (0 = padding).
-            mask: optional (N, 1, H', W') target in [0, 1]; in training mode the loss is returned too.
-            no_target: optional (N,) bool labels "the expression refers to nothing", for the no-target
-                head's loss; default: an all-zero ``mask``.
 
         Returns:
-            logits (N, 1, 4H/14, 4W/14); with ``mask`` in training mode ``(logits, loss)`` where loss is
-            binary cross-entropy against the mask resized with legacy "nearest" to the logits' size
-            (plus ``no_target_weight`` x the no-target head's BCE when the model has one).
+            `DetrisOutput`: mask logits (N, 1, 4H/p, 4W/p) and, for a model with the no-target head, its
+            logits (N,). Training losses are computed outside the model (`detris.losses`).
         """
         stages = self.encode(images, tokens)
-        logits = self.proj(stages["decoder"], stages["sentence"])
-        if mask is None or not self.training:
-            return logits
-        loss = segmentation_loss(logits, mask)
-        if self.no_target_head is not None:
-            if no_target is None:
-                no_target = mask.flatten(1).amax(1) <= 0
-            nt_logits = self.no_target_head(stages["decoder"], stages["sentence"], logits)
-            loss = loss + self.no_target_weight * no_target_loss(nt_logits, no_target)
-        return logits, loss
-
-    def forward_with_no_target(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Mask logits (N, 1, h, w) and the no-target head's logits (N,), or None without that head."""
-        stages = self.encode(images, tokens)
-        logits = self.proj(stages["decoder"], stages["sentence"])
+        decoded, sentence = stages["decoder"], stages["sentence"]
+        assert isinstance(decoded, Tensor) and isinstance(sentence, Tensor)
+        logits = self.proj(decoded, sentence)
         if self.no_target_head is None:
-            return logits, None
-        return logits, self.no_target_head(stages["decoder"], stages["sentence"], logits)
-
-
-def segmentation_loss(logits: Tensor, mask: Tensor) -> Tensor:
-    """BCE-with-logits against ``mask`` (N, 1, H, W) resized (legacy nearest) to the logits' size."""
-    if mask.dim() == 3:
-        mask = mask[:, None]
-    mask = mask.to(logits.dtype)
-    if mask.shape[-2:] != logits.shape[-2:]:
-        mask = F.interpolate(mask, size=logits.shape[-2:], mode="nearest")
-    return F.binary_cross_entropy_with_logits(logits, mask)
+            return DetrisOutput(logits, None)
+        return DetrisOutput(logits, self.no_target_head(decoded, sentence, logits))

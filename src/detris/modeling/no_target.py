@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NoTargetHead", "no_target_loss"]
+__all__ = ["NoTargetHead"]
 
 
 class NoTargetHead(nn.Module):
@@ -60,8 +60,3 @@ class NoTargetHead(nn.Module):
         text = self.txt(sentence.to(dtype))
         x = torch.cat([mean.to(dtype), masked.to(dtype), text, stats.to(dtype)], dim=1)
         return self.mlp(x).reshape(n)
-
-
-def no_target_loss(logits: Tensor, no_target: Tensor) -> Tensor:
-    """Binary cross-entropy of the no-target logits (N,) against the labels (N,) (1 = no target)."""
-    return F.binary_cross_entropy_with_logits(logits.float(), no_target.to(torch.float32).reshape(logits.shape))

@@ -99,7 +99,7 @@ def save_pretrained(
     model: DETRIS,
     directory: PathLike,
     adapter_only: bool = False,
-    base_weights: Mapping[str, str] | None = None,
+    base_weights: Mapping[str, PathLike] | None = None,
 ) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (each atomically, with the user's umask).
 
@@ -112,7 +112,7 @@ def save_pretrained(
     directory = Path(directory)
     cfg: DetrisConfig = model.config
     if adapter_only:
-        base = dict(base_weights or getattr(model, "base_weights", None) or {})
+        base = dict(base_weights or {})
         if set(base) != {"dinov2", "clip"}:
             raise ValueError(
                 "an adapter-only save needs the base backbone files: pass base_weights={'dinov2': ..., 'clip': ...} "
@@ -123,13 +123,12 @@ def save_pretrained(
         base = {}
         tensors = model.state_dict()
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    processing = getattr(model, "processing", None) or ProcessingConfig.for_model(cfg)
     meta: dict[str, Any] = {
         "format": "detris",
         "format_version": FORMAT_VERSION,
         "adapter_only": adapter_only,
         "config": cfg.to_dict(),
-        "processing": processing.to_dict(),
+        "processing": model.processing.to_dict(),
     }
     if adapter_only:
         meta["base_weights"] = {k: dataclasses.asdict(_base_record(v)) for k, v in base.items()}
@@ -143,7 +142,7 @@ def save_pretrained(
 
 
 def push_to_hub(model: DETRIS, repo_id: str, adapter_only: bool = False, private: bool = False,
-                **kwargs: Any) -> str:
+                base_weights: Mapping[str, PathLike] | None = None, **kwargs: Any) -> str:
     """Save to a temporary directory and upload it to the Hugging Face Hub (needs ``huggingface_hub``)."""
     try:
         from huggingface_hub import HfApi
@@ -152,7 +151,7 @@ def push_to_hub(model: DETRIS, repo_id: str, adapter_only: bool = False, private
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, adapter_only=adapter_only)
+        save_pretrained(model, tmp, adapter_only=adapter_only, base_weights=base_weights)
         api.upload_folder(repo_id=repo_id, folder_path=tmp, **kwargs)
     return repo_id
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..variants import VARIANTS, DetrisConfig
 from .io import CheckpointError, StateDict, load_strict, strip_prefix
+
+if TYPE_CHECKING:
+    from ..modeling import DETRIS
 
 __all__ = ["DETRIS_SKIPPED_PREFIXES", "extract_state_dict", "infer_config", "guess_variant", "load_detris_state",
            "variant_hint"]
@@ -94,9 +97,8 @@ def variant_hint(sd: Mapping[str, Tensor], cfg: DetrisConfig) -> str:
     return ""
 
 
-def load_detris_state(model: nn.Module, sd: Mapping[str, Tensor], what: str, skip_missing: Iterable[str] = ()) -> None:
+def load_detris_state(model: DETRIS, sd: Mapping[str, Tensor], what: str, skip_missing: Iterable[str] = ()) -> None:
     """Strictly load a full DETRIS state dict; only ``DETRIS_SKIPPED_PREFIXES`` keys may be dropped."""
     sd = {k: v for k, v in sd.items() if not k.startswith(DETRIS_SKIPPED_PREFIXES)}
-    config = getattr(model, "config", None)
-    hint = variant_hint(sd, config) if isinstance(config, DetrisConfig) else ""
+    hint = variant_hint(sd, model.config)
     load_strict(model, sd, what=what, skip_missing=skip_missing, hint=hint)
