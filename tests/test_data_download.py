@@ -508,6 +508,18 @@ def test_check_reports_an_unreadable_refs_file_and_image_without_a_traceback(tmp
     print(out)
 
 
+def test_check_survives_a_folder_it_cannot_list(tmp_path, capsys, monkeypatch):
+    root = _refer_root(tmp_path)
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", refused)
+    rc, out, err = run(["data", "check", "--root", str(root), "--dataset", "refcoco"], capsys)
+    assert rc == 1 and err == ""
+    assert f"{root / 'images' / 'train2014'}: could not be checked (PermissionError: [Errno 13] Permission denied" in out
+
+
 def test_eval_without_the_dataset_prints_the_download_command(tmp_path, capsys):
     from model_fixtures import save_random_tiny
 

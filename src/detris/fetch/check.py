@@ -3,8 +3,10 @@ evaluation use, per dataset and split beside the published counts, and the comma
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 from ..data.grefer import GReferDataset
 from ..data.images import load_image
 from ..data.refer import load_refer
-from .install import installed_files
+from .install import MARKER, installed_files
 from .sources import DATASET_NAMES, PUBLISHED_COUNTS, SOURCES, download_command, resolve_names
 
 __all__ = ["CheckReport", "check_datasets"]
@@ -156,13 +158,16 @@ def _check_images(report: CheckReport, root: Path, image_root: Path, full: bool,
         report.lines.append("  missing")
         return
     on_disk = sorted(e.name for e in os.scandir(image_root) if e.is_file() and not e.name.startswith("."))
-    recorded = installed_files(image_root)
-    state = ("installed by `detris data download`, sizes verified" if recorded is not None
-             else "not installed by `detris data download`: sizes not verified")
+    if installed_files(image_root) is not None:
+        state = "installed by `detris data download`, every file at its recorded size"
+    elif (image_root / MARKER).is_file():
+        state = "installed by `detris data download`, but files were removed or changed since"
+    else:
+        state = "not installed by `detris data download`: sizes not verified"
     report.lines.append(f"  {len(on_disk)} files ({state})")
     wanted = sorted(report.images) if report.images else on_disk
-    present = set(on_disk)
-    absent = [n for n in wanted if n not in present]
+    absent = [n for n in wanted if not (image_root / n).is_file()]
+    present = set(wanted) - set(absent)
     if report.images:
         users = ", ".join(report.image_users)
         report.lines.append(f"  {len(wanted) - len(absent)} of the {len(wanted)} images {users} refer to are present")
@@ -192,9 +197,19 @@ def check_datasets(root: str | os.PathLike, names: list[str] | None = None, full
     report = CheckReport(root)
     for name in wanted:
         if name != IMAGES:
-            _check_annotations(report, root, name)
+            _guarded(report, name, root / name, functools.partial(_check_annotations, report, root, name))
+    images = Path(image_root) if image_root else root / SOURCES[IMAGES].target
     if IMAGES in wanted or report.images:
-        _check_images(report, root, Path(image_root) if image_root else root / SOURCES[IMAGES].target, full, sample)
+        _guarded(report, IMAGES, images, functools.partial(_check_images, report, root, images, full, sample))
     elif any(n != IMAGES for n in wanted) and not report.image_users:
         report.lines.append("images: not checked (no annotation set could be read)")
     return report
+
+
+def _guarded(report: CheckReport, name: str, where: Path, check: Callable[[], None]) -> None:
+    """Run one dataset's check; a failure the checks did not foresee (a folder that cannot be listed)
+    becomes a missing piece of that dataset, never a traceback."""
+    try:
+        check()
+    except Exception as exc:
+        report.add_missing(f"{where}: could not be checked ({_first_line(exc, where)})", name)
