@@ -314,11 +314,11 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def iou_section(args, device: torch.device) -> list[dict[str, Any]]:
     """bf16-autocast vs float32 masks after the official post-processing, per variant."""
-    from detris.data.transforms import letterbox_matrix
+    from detris.data.transforms import Letterbox
     from detris.postprocess import binarize, logits_to_probability
 
     orig_h, orig_w = args.iou_original_size
-    matrix, inverse = letterbox_matrix(orig_h, orig_w, args.size)
+    box = Letterbox.fit(orig_h, orig_w, args.size)
     rows = []
     for variant in args.variants:
         model = build(variant, args.seed, device).eval()
@@ -331,7 +331,7 @@ def iou_section(args, device: torch.device) -> list[dict[str, Any]]:
                     low = model(images, tokens).logits
             masks = []
             for logits in (ref, low):
-                prob = logits_to_probability(logits, (args.size, args.size), [inverse], [(orig_h, orig_w)])[0]
+                prob = logits_to_probability(logits, [box])[0]
                 masks.append(binarize(prob))
             ious.append(mask_iou(*masks))
             fg.append(float(masks[0].mean()))

@@ -100,16 +100,16 @@ def mask_agreement(runs: dict[str, tuple[nn.Module, Callable[[], Any]]], args) -
     images = B.smooth_images(args.images, size, seed=7)
     tokens = B.sample_tokens(args.texts, runs["fp32"][0].word_len, offset=3)
     # Every image with every token row, mapped back to a 4:3 original as the letterbox would.
-    from detris.data.transforms import letterbox_image
+    from detris.data.transforms import Letterbox
 
-    inverse = letterbox_image(np.zeros((*ORIGINAL_HW, 3), np.uint8), size)[2]
+    box = Letterbox.fit(*ORIGINAL_HW, size)
     masks: dict[str, list[np.ndarray]] = {}
     for name, (model, context) in runs.items():
         out = []
         for i in range(args.images):
             logits = forward_fn(model, context, images[i : i + 1].expand(args.texts, -1, -1, -1), tokens)()
             for k in range(args.texts):
-                prob = logits_to_probability(logits[k : k + 1].float(), (size, size), [inverse], [ORIGINAL_HW])[0]
+                prob = logits_to_probability(logits[k : k + 1].float(), [box])[0]
                 out.append(binarize(prob, 0.35))
         masks[name] = out
     ious = {}

@@ -314,7 +314,7 @@ def _check_jsonl(data: bytes, workdir: Path) -> Any:
         ds = JsonlSegDataset(path, mode="test", input_size=32, word_len=8, tokenizer=_tiny_tokenizer)
         for i in range(min(len(ds), 8)):
             item = ds[i]
-            assert item["mask_orig"].shape == tuple(item["orig_size"].tolist())
+            assert item["mask_orig"].shape == item["letterbox"].orig_size
         return ds
 
     # A mask/image file error names that file; everything about the line names the JSONL file.

@@ -90,9 +90,9 @@ def test_items_match_the_official_pipeline(fx, refcoco, ref_id, split, mode):
     torch.testing.assert_close(item["mask"][0], mask, rtol=0, atol=0)
     # The mask keeps bilinear edge values (not re-binarised).
     assert ((item["mask"] > 0) & (item["mask"] < 1)).any()
-    np.testing.assert_array_equal(item["inverse"].numpy(), inv)
-    assert item["inverse"].dtype == torch.float64
-    assert item["orig_size"].tolist() == [h, w]
+    np.testing.assert_array_equal(item["letterbox"].inverse, inv)
+    assert item["letterbox"].inverse.dtype == np.float64
+    assert item["letterbox"].orig_size == (h, w) and item["letterbox"].input_size == (448, 448)
     if mode == "train":
         assert "mask_orig" not in item
     else:
@@ -165,8 +165,8 @@ def test_collate_and_dataloader(fx, refcoco):
     assert [b["image"].shape[0] for b in batches] == [4, 1]
     b = batches[0]
     assert b["image"].shape == (4, 3, 64, 64) and b["tokens"].shape == (4, 17)
-    assert b["mask"].shape == (4, 1, 64, 64) and b["inverse"].shape == (4, 2, 3)
-    assert b["orig_size"].tolist() == [[80, 120], [80, 120], [200, 64], [200, 64]]
+    assert b["mask"].shape == (4, 1, 64, 64) and len(b["letterbox"]) == 4
+    assert [box.orig_size for box in b["letterbox"]] == [(80, 120), (80, 120), (200, 64), (200, 64)]
     # Original-size masks differ in size, so they stay a list.
     assert [tuple(m.shape) for m in b["mask_orig"]] == [(80, 120), (80, 120), (200, 64), (200, 64)]
     assert b["ref_id"] == [4, 4, 5, 5] and b["skipped"] == []
@@ -303,7 +303,7 @@ def test_jsonl_three_mask_kinds(jsonl_data):
     assert items[1]["mask_orig"].shape == (40, 70)
     np.testing.assert_array_equal(items[3]["mask_orig"].numpy(), rle_truth)
     np.testing.assert_array_equal(items[4]["mask_orig"].numpy(), rle_truth)
-    assert items[3]["orig_size"].tolist() == [90, 30]
+    assert items[3]["letterbox"].orig_size == (90, 30)
     assert items[0]["image"].shape == (3, 48, 48) and items[0]["mask"].shape == (1, 48, 48)
     val = JsonlSegDataset(path, mode="val", input_size=48, tokenizer=toy_tokenizer)
     assert [val[i]["sentence"] for i in range(len(val))] == ["the block", "left triangle", "tall thing",

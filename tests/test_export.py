@@ -19,7 +19,7 @@ import torch
 
 from detris import build_model
 from detris.cli import main
-from detris.data.transforms import CLIP_MEAN, CLIP_STD, letterbox_matrix
+from detris.data.transforms import CLIP_MEAN, CLIP_STD, Letterbox
 from detris.export import (
     ExportError,
     MissingExportDependency,
@@ -154,9 +154,9 @@ def test_onnx_masks_after_postprocessing_match(tiny, ort_session):
         ref = tiny(images, tokens).logits
     got = torch.from_numpy(run_onnx(ort_session, images, tokens))
     orig = [(150, 300), (260, 120)]
-    inverses = [letterbox_matrix(h, w, 224)[1] for h, w in orig]
-    prob_ref = logits_to_probability(ref, (224, 224), inverses, orig)
-    prob_got = logits_to_probability(got, (224, 224), inverses, orig)
+    boxes = [Letterbox.fit(h, w, 224) for h, w in orig]
+    prob_ref = logits_to_probability(ref, boxes)
+    prob_got = logits_to_probability(got, boxes)
     for p_ref, p_got in zip(prob_ref, prob_got):
         # Random weights put most pixels on one side of 0.35; a per-map median threshold gives masks
         # with many edges, where a difference between the two graphs would show.

@@ -269,9 +269,8 @@ def test_no_target_decision_empties_the_user_mask(bias):
     with torch.no_grad():
         model.no_target_head.mlp[2].bias.fill_(bias)
     rgb = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
-    pixels, inverse = prepare_image(rgb, INPUT_SIZE)
-    seg = segment(model, pixels[None].expand(2, -1, -1, -1), torch.randint(1, 400, (2, 17)), [inverse] * 2,
-                  [(60, 90)] * 2)
+    pixels, box = prepare_image(rgb, INPUT_SIZE)
+    seg = segment(model, pixels[None].expand(2, -1, -1, -1), torch.randint(1, 400, (2, 17)), [box] * 2)
     assert all(m.any() for m in seg.raw_masks)
     assert seg.no_target == [bias > 0] * 2
     assert all(p is not None and (p > 0.99 if bias > 0 else p < 0.01) for p in seg.no_target_probabilities)

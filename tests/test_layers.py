@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import detris
-from detris.data.transforms import CLIP_MEAN, CLIP_STD, letterbox_image, normalize_image
+from detris.data.transforms import CLIP_MEAN, CLIP_STD, inverse_warp, letterbox_image, normalize_image
 from detris.export import export_model
 from detris.inference import prepare_image, segment
-from detris.postprocess import binarize, logits_to_probability
+from detris.postprocess import binarize
 from detris.processing import ProcessingConfig
 from detris.utils import atomic_write
 from model_fixtures import random_tiny_model
@@ -97,15 +98,17 @@ def test_segment_equals_the_protocol_written_out():
     model = random_tiny_model()
     rgb = np.random.default_rng(1).integers(0, 255, (70, 150, 3), dtype=np.uint8)
     tokens = detris.tokenize(["the small red square", "the star"], context_length=17)
-    pixels, inverse = prepare_image(rgb, 112)
+    pixels, box = prepare_image(rgb, 112)
     warped, _mat, inv = letterbox_image(rgb, 112)
-    assert torch.equal(pixels, normalize_image(warped)) and np.array_equal(inverse, inv)
+    assert torch.equal(pixels, normalize_image(warped)) and np.array_equal(box.inverse, inv)
+    assert box.orig_size == (70, 150) and box.input_size == (112, 112)
     images = pixels.unsqueeze(0).expand(2, -1, -1, -1)
-    probs, masks = segment(model, images, tokens, [inverse] * 2, [(70, 150)] * 2)
+    probs, masks = segment(model, images, tokens, [box] * 2)
     with torch.no_grad():
         logits = model.eval()(images, tokens).logits
     for i in range(2):
-        ref = logits_to_probability(logits[i : i + 1], (112, 112), [inv], [(70, 150)])[0]
+        up = F.interpolate(torch.sigmoid(logits[i : i + 1]), size=(112, 112), mode="bicubic", align_corners=True)
+        ref = inverse_warp(up[0, 0].numpy(), inv, 70, 150)
         assert np.array_equal(probs[i], ref)
         assert np.array_equal(masks[i], binarize(ref, 0.35)) and masks[i].shape == (70, 150)
 

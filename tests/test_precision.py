@@ -53,13 +53,12 @@ def test_low_precision_runs_the_vision_tower_only():
     for name, module in probes.items():
         module.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out.dtype))
     rgb = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
-    pixels, inverse = prepare_image(rgb, 112)
+    pixels, box = prepare_image(rgb, 112)
     tokens = torch.randint(1, 400, (2, 17))
-    low = segment(model, pixels[None].expand(2, -1, -1, -1), tokens, [inverse] * 2, [(60, 80)] * 2,
-                  dtype=torch.bfloat16)
+    low = segment(model, pixels[None].expand(2, -1, -1, -1), tokens, [box] * 2, dtype=torch.bfloat16)
     assert seen == {"vision": torch.bfloat16, "aligner": torch.bfloat16, "text": torch.float32,
                     "neck": torch.float32, "decoder": torch.float32, "head": torch.float32}
-    ref = segment(model, pixels[None].expand(2, -1, -1, -1), tokens, [inverse] * 2, [(60, 80)] * 2)
+    ref = segment(model, pixels[None].expand(2, -1, -1, -1), tokens, [box] * 2)
     assert seen["vision"] == torch.float32  # the hooks are gone: a float32 call runs float32
     for a, b in zip(low.probabilities, ref.probabilities):
         assert a.dtype == np.float32 and float(np.abs(a - b).max()) < 0.05

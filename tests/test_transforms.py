@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from detris.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    Letterbox,
     inverse_warp,
     letterbox_image,
     letterbox_mask,
@@ -214,8 +215,7 @@ def test_inverse_warp_equals_direct_cv2():
 def test_postprocess_constant_logit():
     logits = torch.full((2, 1, 32, 32), 1.5)
     sizes = [(100, 200), (333, 77)]
-    inverses = [letterbox_matrix(h, w, 448)[1] for h, w in sizes]
-    out = logits_to_probability(logits, (448, 448), inverses, sizes)
+    out = logits_to_probability(logits, [Letterbox.fit(h, w, 448) for h, w in sizes])
     assert [o.shape for o in out] == sizes
     expected = 1 / (1 + math.exp(-1.5))  # 0.8175744761936437
     for o in out:
@@ -238,7 +238,8 @@ def test_postprocess_follows_official_order():
     # The protocol written out: sigmoid, bicubic(align_corners=True) to 448, inverse affine cubic.
     up = F.interpolate(torch.sigmoid(logits), size=(448, 448), mode="bicubic", align_corners=True)
     expected = cv2.warpAffine(up[0, 0].numpy(), inv_hand, (w, h), flags=cv2.INTER_CUBIC, borderValue=0)
-    out = logits_to_probability(logits, (448, 448), torch.from_numpy(inv_hand)[None], torch.tensor([[h, w]]))[0]
+    by_hand = Letterbox((h, w), (448, 448), cv2.getAffineTransform(src, dst), inv_hand)
+    out = logits_to_probability(logits, [by_hand])[0]
     np.testing.assert_allclose(out, expected, atol=1e-6)
     # Interpolating the logits before the sigmoid gives visibly different maps near the edge.
     swapped = torch.sigmoid(F.interpolate(logits, size=(448, 448), mode="bicubic", align_corners=True))
@@ -256,11 +257,11 @@ def test_binarize_is_strict():
 
 
 def test_postprocess_rejects_bad_shapes():
-    inv = letterbox_matrix(10, 10, 448)[1]
+    box = Letterbox.fit(10, 10, 448)
     with pytest.raises(ValueError, match=r"\(N, 1, h, w\)"):
-        logits_to_probability(torch.zeros(1, 32, 32), (448, 448), [inv], [(10, 10)])
-    with pytest.raises(ValueError, match="one of each"):
-        logits_to_probability(torch.zeros(2, 1, 32, 32), (448, 448), [inv], [(10, 10)])
+        logits_to_probability(torch.zeros(1, 32, 32), [box])
+    with pytest.raises(ValueError, match="one per sample"):
+        logits_to_probability(torch.zeros(2, 1, 32, 32), [box])
 
 
 @pytest.mark.parametrize("h,w", [(112, 112), (448, 672)])

@@ -232,7 +232,7 @@ def _score_batch(model: DETRIS, batch: dict[str, Any], dev: torch.device, scores
         raise ValueError("dataset items lack 'mask_orig' (the original-size ground truth); use mode='test'")
     images = batch["image"].to(dev, non_blocking=True)
     tokens = batch["tokens"].to(dev, non_blocking=True)
-    seg = segment(model, images, tokens, batch["inverse"], batch["orig_size"], **options)
+    seg = segment(model, images, tokens, batch["letterbox"], **options)
     masks = seg.masks
     for i, mask in enumerate(masks):
         record = {"ref_id": _plain(batch["ref_id"][i]), "sent_id": _plain(batch["sent_id"][i]),
@@ -299,7 +299,7 @@ def evaluate(
             moved to ``device`` and run in eval mode; its train/eval mode is restored afterwards.
         dataset: a `ReferSegDataset` / `JsonlSegDataset` / `MixedReferDataset` in ``test`` mode (every
             sentence; ``val`` mode -- first sentence per ref -- works too). Items must carry
-            ``mask_orig``, ``inverse`` and ``orig_size``; with ``skip_bad=True`` unreadable images are
+            ``mask_orig`` and ``letterbox``; with ``skip_bad=True`` unreadable images are
             skipped and reported.
         batch_size: items per DataLoader batch.
         device: ``cpu``, ``cuda``, ``cuda:N``; default CUDA when available.

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data.transforms import letterbox_image, normalize_image
+from .data.transforms import Letterbox, normalize_image
 from .modeling import DETRIS, DetrisOutput
 from .postprocess import DEFAULT_THRESHOLD, binarize, logits_to_probability
 
@@ -36,11 +36,11 @@ __all__ = ["NO_TARGET_THRESHOLD", "Segmentation", "prepare_image", "forward_logi
 NO_TARGET_THRESHOLD = 0.5
 
 
-def prepare_image(rgb: np.ndarray, input_size: int) -> tuple[Tensor, np.ndarray]:
-    """``(H, W, 3)`` uint8 RGB -> the normalised model input ``(3, S, S)`` and the inverse letterbox
-    matrix ``(2, 3)`` that maps predictions back to ``(H, W)``."""
-    warped, _matrix, inverse = letterbox_image(rgb, input_size)
-    return normalize_image(warped), inverse
+def prepare_image(rgb: np.ndarray, input_size: int) -> tuple[Tensor, Letterbox]:
+    """``(H, W, 3)`` uint8 RGB -> the normalised model input ``(3, S, S)`` and the `Letterbox` that
+    maps predictions back to ``(H, W)``."""
+    box = Letterbox.fit(rgb.shape[0], rgb.shape[1], input_size)
+    return normalize_image(box.image(rgb)), box
 
 
 def forward_logits(
@@ -96,8 +96,7 @@ def segment(
     model: DETRIS,
     images: Tensor,
     tokens: Tensor,
-    inverses: Sequence[np.ndarray] | Tensor,
-    orig_sizes: Sequence[Sequence[int]] | Tensor,
+    letterboxes: Sequence[Letterbox],
     threshold: float = DEFAULT_THRESHOLD,
     dtype: torch.dtype | None = None,
     one_at_a_time: bool = False,
@@ -108,8 +107,8 @@ def segment(
         model: a DETRIS model; run in eval mode, its train/eval mode restored afterwards.
         images: ``(N, 3, S, S)`` from `prepare_image` (or a dataset), on the model's device.
         tokens: ``(N, word_len)`` from ``detris.tokenize``, on the model's device.
-        inverses: ``N`` inverse letterbox matrices ``(2, 3)``.
-        orig_sizes: ``N`` original sizes ``(H_i, W_i)``.
+        letterboxes: ``N`` `Letterbox` objects (from `prepare_image` or the dataset's items): the
+            original sizes ``(H_i, W_i)`` and the maps back to them.
         threshold: probability threshold (``prob > threshold``; official 0.35).
         dtype: ``torch.bfloat16`` / ``torch.float16`` for the vision tower (``DETRIS.low_precision``);
             None = float32, the protocol.
@@ -122,11 +121,8 @@ def segment(
             logits, nt_logits = forward_logits(model, images, tokens, one_at_a_time)
     finally:
         model.train(was_training)
-    input_hw = tuple(images.shape[-2:])
-    probs = []
-    for i in range(logits.shape[0]):
-        # Per sample: the same float ops whatever else the batch holds.
-        probs += logits_to_probability(logits[i : i + 1], input_hw, inverses[i : i + 1], orig_sizes[i : i + 1])
+    # Per sample inside: the same float ops whatever else the batch holds.
+    probs = logits_to_probability(logits, letterboxes)
     raw = [binarize(p, threshold) for p in probs]
     if nt_logits is None:
         return Segmentation(probs, raw, [None] * len(raw), [not m.any() for m in raw])

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detris.data.transforms import inverse_warp
+from .data.transforms import Letterbox
 
 __all__ = ["DEFAULT_THRESHOLD", "logits_to_probability", "upsample_probability", "binarize"]
 
@@ -49,22 +49,17 @@ def upsample_probability(prob: torch.Tensor, size: Sequence[int]) -> torch.Tenso
 
 
 @torch.no_grad()
-def logits_to_probability(
-    logits: torch.Tensor,
-    input_hw: Sequence[int],
-    inverses: Sequence[ArrayLike] | ArrayLike,
-    orig_sizes: Sequence[Sequence[int]] | ArrayLike,
-) -> list[np.ndarray]:
+def logits_to_probability(logits: torch.Tensor, letterboxes: Sequence[Letterbox]) -> list[np.ndarray]:
     """Turn model logits into probability maps over the original images.
 
     Args:
         logits: ``(N, 1, h, w)`` raw model output (any float dtype, any device).
-        input_hw: ``(H, W)`` of the model input the logits belong to (e.g. ``(448, 448)``).
-        inverses: ``N`` inverse letterbox matrices, each ``(2, 3)`` (list or ``(N, 2, 3)`` array/tensor).
-        orig_sizes: ``N`` original sizes ``(h_i, w_i)`` (list or ``(N, 2)`` array/tensor).
+        letterboxes: ``N`` `Letterbox` objects, one per sample: how its image was fitted to the model
+            input (``input_size``) and how to map a prediction back (``restore``).
 
     Returns:
-        list of ``N`` float32 arrays, the i-th of shape ``(h_i, w_i)``; threshold with :func:`binarize`.
+        list of ``N`` float32 arrays, the i-th of shape ``letterboxes[i].orig_size``; threshold with
+        :func:`binarize`.
     """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
@@ -73,25 +68,14 @@ def logits_to_probability(
             f"logits must have shape (N, 1, h, w), got {tuple(logits.shape)}; "
             "add the channel axis with logits.unsqueeze(1) if it is missing"
         )
-    in_h, in_w = (int(v) for v in input_hw)
-    n = logits.shape[0]
-    inverses_np = [np.asarray(_as_numpy(m), dtype=np.float64) for m in inverses]
-    sizes_np = [tuple(int(v) for v in np.asarray(_as_numpy(s)).reshape(-1)) for s in orig_sizes]  # type: ignore[arg-type]
-    if len(inverses_np) != n or len(sizes_np) != n:
-        raise ValueError(
-            f"got {n} logit maps but {len(inverses_np)} inverse matrices and {len(sizes_np)} sizes; "
-            "pass one of each per sample"
-        )
-    # Sigmoid first, then interpolate the probabilities: the order changes the result because
-    # bicubic interpolation overshoots and sigmoid is non-linear.
-    prob = upsample_probability(torch.sigmoid(logits.detach().to(torch.float32)), (in_h, in_w))
-    prob_np = prob[:, 0].cpu().numpy()
+    if len(letterboxes) != logits.shape[0]:
+        raise ValueError(f"got {logits.shape[0]} logit maps but {len(letterboxes)} letterboxes; pass one per sample")
     out = []
-    for i in range(n):
-        if len(sizes_np[i]) != 2:
-            raise ValueError(f"orig_sizes[{i}] must be (h, w), got {sizes_np[i]}")
-        h, w = sizes_np[i]
-        out.append(inverse_warp(prob_np[i], inverses_np[i], h, w))
+    for i, box in enumerate(letterboxes):
+        # Sigmoid first, then interpolate the probabilities: the order changes the result because
+        # bicubic interpolation overshoots and sigmoid is non-linear.
+        prob = upsample_probability(torch.sigmoid(logits[i : i + 1].detach().to(torch.float32)), box.input_size)
+        out.append(box.restore(prob[0, 0].cpu().numpy()))
     return out
 
 

@@ -182,15 +182,15 @@ class Predictor:
             raise ValueError(f"threshold must be a number strictly between 0 and 1, got {threshold!r}")
         texts, truncated = check_texts(texts, self.word_len)
         rgb = load_image(image)
-        pixels, inverse = prepare_image(rgb, self.image_size)
+        pixels, box = prepare_image(rgb, self.image_size)
         pixels = pixels.unsqueeze(0).to(self.device)
         tokens = tokenize(texts, context_length=self.word_len).to(self.device)
         out: list[Prediction] = []
         for start in range(0, len(texts), self.max_batch):
             chunk = tokens[start : start + self.max_batch]
             n = chunk.shape[0]
-            seg = segment(self.model, pixels.expand(n, -1, -1, -1), chunk, [inverse] * n,
-                          [rgb.shape[:2]] * n, threshold=threshold, dtype=self._autocast_dtype)
+            seg = segment(self.model, pixels.expand(n, -1, -1, -1), chunk, [box] * n,
+                          threshold=threshold, dtype=self._autocast_dtype)
             for k, mask in enumerate(seg.masks):
                 out.append(Prediction(texts[start + k], mask, seg.probabilities[k], truncated[start + k],
                                       seg.no_target[k], seg.no_target_probabilities[k]))

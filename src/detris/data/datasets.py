@@ -17,8 +17,8 @@ key              value                                        notes
 ``tokens``       int64 ``(word_len,)``                        CLIP ids, zero padded, truncated
 ``mask``         float32 ``(1, S, S)``                        letterboxed mask, bilinear, *not* re-binarised
 ``mask_orig``    uint8 ``(H, W)`` 0/1                         val/test only: the ground truth at original size
-``orig_size``    int64 ``(2,)``                               ``(H, W)`` of the original image
-``inverse``      float64 ``(2, 3)``                           maps model-input pixels back to the original
+``letterbox``    `Letterbox`                                  the fit of the ``(H, W)`` original into the
+                                                              input, and the map of a prediction back
 ``ref_id``       int or str                                   the object; ``sent_id``: the sentence
 ``sentence``     str                                          the stripped expression
 ``dataset``      str                                          e.g. ``refcoco``; ``image_path``: str
@@ -59,7 +59,7 @@ from torch.utils.data import Dataset
 from .grefer import GREFCOCO_FOLDER, GReferDataset
 from .images import ImageLoadError, load_image
 from .refer import ReferDataset, load_refer, segmentation_to_mask
-from .transforms import letterbox_image, letterbox_mask, normalize_image
+from .transforms import Letterbox, normalize_image
 
 __all__ = [
     "MIXED_DATASETS",
@@ -240,13 +240,12 @@ class _ExpressionDataset(Dataset):
             self.skipped.append(entry.image_path)
             return {"skipped": entry.image_path, "reason": str(exc)}
 
-        warped, mat, inv = letterbox_image(image, self.input_size)
+        box = Letterbox.fit(h, w, self.input_size)
         item: dict[str, Any] = {
-            "image": normalize_image(warped),
+            "image": normalize_image(box.image(image)),
             "tokens": self._tokens(sentence),
-            "mask": torch.from_numpy(letterbox_mask(mask, mat, self.input_size)).unsqueeze(0),
-            "orig_size": torch.tensor([h, w], dtype=torch.long),
-            "inverse": torch.from_numpy(np.asarray(inv, dtype=np.float64).copy()),
+            "mask": torch.from_numpy(box.mask(mask)).unsqueeze(0),
+            "letterbox": box,
             "ref_id": entry.ref_id,
             "sent_id": sent_id,
             "sentence": sentence,
@@ -699,14 +698,14 @@ class JsonlSegDataset(_ExpressionDataset):
 
 # --------------------------------------------------------------------------------------------- collate
 
-_STACKED = ("image", "tokens", "mask", "orig_size", "inverse")
+_STACKED = ("image", "tokens", "mask")
 
 
 def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Batch items from these datasets (use as ``DataLoader(..., collate_fn=collate)``).
 
-    Stacks ``image (N,3,S,S)``, ``tokens (N,L)``, ``mask (N,1,S,S)``, ``orig_size (N,2)`` and
-    ``inverse (N,2,3)``; keeps ``mask_orig`` (sizes differ) and the metadata as lists. Skipped items
+    Stacks ``image (N,3,S,S)``, ``tokens (N,L)`` and ``mask (N,1,S,S)``; keeps ``mask_orig`` (sizes
+    differ), the ``letterbox`` objects and the metadata as lists. Skipped items
     (markers from ``skip_bad=True``, or ``None``) are dropped and their paths listed in
     ``batch["skipped"]``. Returns ``None`` when every item of the batch was skipped.
     """

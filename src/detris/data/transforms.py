@@ -20,12 +20,14 @@ numbers the official code gets.  The facts reproduced here (checked against the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
 __all__ = [
+    "Letterbox",
     "CLIP_MEAN",
     "CLIP_STD",
     "BORDER_VALUE",
@@ -247,3 +249,43 @@ def inverse_warp(prob: np.ndarray, inv: np.ndarray, orig_h: int, orig_w: int) ->
         flags=cv2.INTER_CUBIC,
         borderValue=0.0,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class Letterbox:
+    """The fit of one ``(h, w)`` image into the model's ``(H, W)`` input, both ways.
+
+    The one object every path passes around (datasets, `Predictor`, evaluation, post-processing):
+    forward for the image (`image`) and its mask (`mask`), inverse for a prediction (`restore`).
+
+    Attributes:
+        orig_size: ``(h, w)`` of the original image.
+        input_size: ``(H, W)`` of the model input.
+        matrix / inverse: the ``(2, 3)`` float64 forward and inverse maps of `letterbox_matrix`.
+    """
+
+    orig_size: tuple[int, int]
+    input_size: tuple[int, int]
+    matrix: np.ndarray
+    inverse: np.ndarray
+
+    @classmethod
+    def fit(cls, h: int, w: int, size: SizeLike) -> Letterbox:
+        """The letterbox of an ``h x w`` image into ``size`` (an int for a square, or ``(H, W)``)."""
+        mat, inv = letterbox_matrix(h, w, size)
+        return cls((int(h), int(w)), _target_hw(size), mat, inv)
+
+    def image(self, rgb: np.ndarray) -> np.ndarray:
+        """``(h, w, 3)`` uint8 RGB -> ``(H, W, 3)`` float32 with values 0..255 (see `letterbox_image`)."""
+        if tuple(np.shape(rgb)[:2]) != self.orig_size:
+            raise ValueError(f"this letterbox fits {self.orig_size} images, got shape {np.shape(rgb)}")
+        warped, _mat, _inv = letterbox_image(rgb, self.input_size)
+        return warped
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """``(h, w)`` mask -> ``(H, W)`` float32 in [0, 1] (see `letterbox_mask`)."""
+        return letterbox_mask(mask, self.matrix, self.input_size)
+
+    def restore(self, prob: np.ndarray) -> np.ndarray:
+        """``(H, W)`` float map at the model input -> ``(h, w)`` float32 over the original image."""
+        return inverse_warp(prob, self.inverse, *self.orig_size)
