@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detris.visualize import overlay_mask, render_overlay
+from detris.visualize import overlay_mask, render_overlay, render_readable
 
 
 def test_overlay_keeps_size_and_tints_mask():
@@ -20,6 +20,23 @@ def test_overlay_keeps_size_and_tints_mask():
     assert (out[15, 20] != 100).any() and (out[35, 55] == 100).all()
     pil = render_overlay(img, mask, "the red circle on the left", true_mask=mask)
     assert pil.size == (60, 40)
+
+
+def test_readable_overlay_is_enlarged_and_captioned_outside_the_scene():
+    """The demo's overlays: at least 336 px on the smaller side, the scene's pixels all visible (the
+    caption sits in a band above them), each scene pixel a sharp k x k block."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    mask = np.zeros((112, 112), bool)
+    pil = render_readable(img, mask, "the small shape to the right of the circle")
+    arr = np.asarray(pil)
+    band = arr.shape[0] - 3 * 112
+    assert arr.shape[1] == 336 and band > 0
+    # An empty mask tints nothing: below the band lies the scene itself, enlarged 3x by repetition.
+    np.testing.assert_array_equal(arr[band:], np.repeat(np.repeat(img, 3, axis=0), 3, axis=1))
+    assert (arr[:band] != arr[band:band + 1]).any()  # the caption band is not the scene
+    tall = render_readable(np.zeros((400, 500, 3), np.uint8), np.zeros((400, 500), bool), "x")
+    assert tall.width == 500  # large images are not enlarged
 
 
 def test_overlay_rejects_wrong_mask_size():
@@ -44,7 +61,8 @@ def test_quick_demo_trains_and_writes_overlays(tmp_path):
     assert result["loss_last"] < result["loss_first"]
     overlays = sorted(tmp_path.glob("overlay_*.png"))
     assert overlays
-    assert Image.open(overlays[0]).size == (64, 64)  # the quick scenes are 64 x 64
+    width, height = Image.open(overlays[0]).size  # the quick scenes are 64 x 64, enlarged 6x, caption above
+    assert width == 384 and height > 384
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"test", "val", "last_val", "baselines", "steps"} <= set(metrics)
     miou, baselines = metrics["last_val"]["mIoU"], metrics["baselines"]
@@ -85,19 +103,21 @@ def _check_held_out_score(run: Path, test: dict) -> None:
         assert test[f"Pr@{t}"] == pytest.approx((ious > t / 100).mean(), abs=1.5 / len(ious))
 
 
-def test_config_file_holds_the_demo_settings():
-    """configs/synthetic-tiny.yaml is the demo's run for `detris train`: the two must not drift apart."""
-    pytest.importorskip("yaml")
+def test_the_demo_runs_its_packaged_config():
+    """``detris demo`` trains the shipped configs/synthetic-tiny.yaml (what ``detris train`` gets too)."""
     from pathlib import Path
 
-    from detris.demo import _DEMO
-    from detris.engine.config import config_from_dict, config_to_dict, load_config
+    from detris.bundled import packaged_config
+    from detris.demo import demo_settings
+    from detris.engine.config import config_to_dict, load_config
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "synthetic-tiny.yaml"
-    from_file = config_to_dict(load_config(path))
-    from_demo = config_to_dict(config_from_dict(_DEMO))
-    for section in ("model", "data", "train"):
-        assert from_file[section] == from_demo[section], section
+    checkout = Path(__file__).resolve().parents[1] / "configs" / "synthetic-tiny.yaml"
+    assert packaged_config("synthetic-tiny").read_bytes() == checkout.read_bytes()
+    from_file = config_to_dict(load_config(checkout))
+    assert demo_settings()["train"]["max_minutes"] == from_file["train"]["max_minutes"] == 10.0
+    quick = demo_settings(quick=True)
+    assert quick["model"]["overrides"]["patch_size"] == from_file["model"]["overrides"]["patch_size"]
+    assert quick["model"]["overrides"]["image_size"] == 64
 
 
 def test_held_out_score_needs_a_test_split(tmp_path):

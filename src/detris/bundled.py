@@ -21,6 +21,8 @@ __all__ = [
     "bundled_file",
     "tiny_tower_paths",
     "demo_model_dir",
+    "packaged_config",
+    "packaged_configs",
 ]
 
 #: The pretrained tiny towers, each in its backbone's official key layout (fp16 safetensors).
@@ -68,3 +70,23 @@ def demo_model_dir() -> Path:
 def damaged(path: Path, err: Exception) -> BundledAssetError:
     """The error for a bundled model or file that exists but cannot be read (``err`` names the file)."""
     return BundledAssetError(f"the bundled {path.name} cannot be read: {err}; {_REINSTALL}")
+
+
+def configs_dir() -> Path:
+    """The package's ``configs`` folder: the official recipes and the demo's run, as YAML files."""
+    return Path(str(importlib.resources.files("detris") / "configs"))
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with the package (``refcoco-detris-b``, ``synthetic-tiny``, ...)."""
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def packaged_config(name: str) -> Path:
+    """Path of the shipped config ``name`` (file name without ``.yaml``); `BundledAssetError` names the
+    known ones when there is no such config."""
+    path = configs_dir() / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(packaged_configs()) or "none"
+        raise BundledAssetError(f"no packaged config {name!r} (known: {known}); or {_REINSTALL}")
+    return path

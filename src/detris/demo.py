@@ -8,14 +8,14 @@ scenes through `Predictor` (the official pre- and post-processing), then writes 
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from .bundled import TINY_TOWER_GEOMETRY
+from .bundled import packaged_config
 from .data.datasets import ReferSegDataset
 from .data.refer import ReferDataset, load_refer
 from .data.synthetic import Scene, SyntheticScenes
@@ -61,54 +61,25 @@ def score_held_out(model: DETRIS, refer: ReferDataset, image_root: Path, batch_s
     return {k: scores[k] for k in (*METRIC_KEYS, "expressions")} | {"scenes": len(test_ds.image_paths())}
 
 
-# The demo's settings (configs/synthetic-tiny.yaml is the same run for `detris train`); kept in code
-# because configs/ is not installed with the package. Why these values (the measurements are in
-# docs/demo.md and docs/benchmarks.md; benchmarks/demo_quality.py reruns them):
-# * the towers are frozen and pretrained on other synthetic scenes, as DETRIS-B's DINOv2 and CLIP are
-#   pretrained elsewhere: only adapters, neck, decoder and head learn (the official split);
-# * 112 px inputs cut into 8 px patches (14 x 14 tokens, a 56 x 56 logit grid, one logit per 2 x 2
-#   pixels): the shapes are 13-38 px wide, and with 14 px patches (8 x 8 tokens, a 32 x 32 grid) even
-#   the true masks, downsampled to the grid and evaluated as predictions are, score IoU 0.81 (0.90
-#   on the 56 x 56 grid); 224 px inputs with 14 px patches give a like grid at more cost per step;
-# * lr 1e-3 decayed by a cosine over the *time* budget (train.lr_schedule=cosine): a run bounded by
-#   wall time cannot place epoch milestones, and the decay has to end with the budget on a busy
-#   machine as on an idle one (``epochs`` is only an upper bound here);
-# * dice_weight 1: a Dice term on the probabilities upsampled the way evaluation does; with the
-#   official BCE alone the probabilities of the small objects stay under the threshold for long;
-# * fp32 on two compute threads with the data read in the training process (a 112 px sample is cheap
-#   to read). On a machine shared with other jobs use `--set train.num_threads=1 --set
-#   data.num_workers=1`: two threads wait on each other whenever a core is taken, one thread does not;
-# * batch 8 and no dropout in the decoder (official: batch 32 over 8 GPUs, dropout 0.1): a ten-minute
-#   run is short of updates, not of regularisation; dropout on the decoder's attention costs a quarter
-#   of a step here, and the two together give three times the updates per minute of batch 16 with
-#   dropout (6692 against 2251 in ten minutes; val mIoU 0.758 against 0.726-0.732);
-# * 1500 training scenes: more variety than a 10-minute run can memorise, few validation passes;
-# * validation on 40 scenes (first sentence per ref, as the official training validates) to pick the
-#   best epoch, and the final score on 300 further scenes (every sentence, the official test
-#   protocol): on 40 scenes the mIoU of one model moves by several hundredths with the scenes
-#   drawn (docs/demo.md).
-_DEMO = {
-    # The frozen towers: pretrained on synthetic scenes of another seed (tools/pretrain_tiny.py).
-    "model": {"variant": "detris-tiny", "overrides": {"image_size": 112, "decoder_dropout": 0.0, **TINY_TOWER_GEOMETRY},
-              "dinov2_weights": "bundled", "clip_weights": "bundled"},
-    "data": {"dataset": "synthetic", "num_workers": 0,
-             "synthetic": {"train_images": 1500, "val_images": 40, "test_images": 300, "image_size": [112, 112],
-                           "max_objects": 4}},
-    "train": {"epochs": 100, "lr": 1.0e-3, "lr_schedule": "cosine", "batch_size": 8, "val_batch_size": 32,
-              "dice_weight": 1.0, "num_threads": 2, "device": "cpu", "precision": "fp32", "max_minutes": 10.0},
-    "output": {},
-}
-_QUICK = {  # the test's version: tiny scenes, ~120 small steps; learns enough to beat both baselines
-    "model": {"overrides": {"image_size": 64, "decoder_dropout": 0.0, **TINY_TOWER_GEOMETRY}},
-    "data": {"synthetic": {"train_images": 48, "val_images": 6, "test_images": 6, "image_size": [64, 64],
-                           "max_objects": 3}},
-    "train": {"epochs": 4, "batch_size": 4, "lr": 2.0e-3},
-}
+#: The demo's run: the packaged ``configs/synthetic-tiny.yaml`` (also ``detris train synthetic-tiny``).
+#: Why these settings, and what each was measured to give: docs/demo.md.
+DEMO_CONFIG = "synthetic-tiny"
+#: The one-minute version the tests run: tiny scenes, ~120 small steps; it learns enough to beat both
+#: baselines. ``model.overrides.*`` keys keep the config's other overrides (the towers' geometry).
+QUICK_OVERRIDES = (
+    "model.overrides.image_size=64",
+    "data.synthetic.train_images=48", "data.synthetic.val_images=6", "data.synthetic.test_images=6",
+    "data.synthetic.image_size=[64, 64]", "data.synthetic.max_objects=3",
+    "train.epochs=4", "train.batch_size=4", "train.lr=2.0e-3",
+)
 
 
 def demo_settings(quick: bool = False) -> dict:
-    """A fresh copy of the demo's run settings (``quick``: the test's one-minute version)."""
-    return copy.deepcopy(_merge(_DEMO, _QUICK) if quick else _DEMO)
+    """A fresh copy of the demo's run settings as plain data (``quick``: the test's one-minute version)."""
+    from .engine.config import apply_overrides
+
+    spec = yaml.safe_load(packaged_config(DEMO_CONFIG).read_text(encoding="utf-8"))
+    return apply_overrides(spec, list(QUICK_OVERRIDES)) if quick else spec
 
 
 def _merge(base: dict, extra: dict) -> dict:

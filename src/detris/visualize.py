@@ -1,4 +1,4 @@
-"""Overlays for humans: a mask tinted over the image with the referring expression written on it.
+"""Overlays for humans: a mask tinted over the image with the referring expression beside it.
 
 Pure PIL + numpy, no model code; used by the demo, the trainer's validation previews and anyone who
 wants to look at a prediction.
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["overlay_mask", "draw_caption", "render_overlay", "save_overlay", "side_by_side"]
+__all__ = ["overlay_mask", "draw_caption", "render_overlay", "caption_band", "render_readable", "save_overlay",
+           "side_by_side"]
 
 #: Tint of the predicted mask (RGB) and of the ground-truth outline.
 PRED_COLOR: tuple[int, int, int] = (255, 40, 200)
@@ -107,6 +108,48 @@ def render_overlay(
     return draw_caption(overlay_mask(image, mask, outline=true_mask), text)
 
 
+#: Smallest side of a readable overlay (`render_readable`), in pixels.
+READABLE_MIN_SIDE = 336
+
+
+def caption_band(text: str, width: int, font_size: int) -> Image.Image:
+    """A dark ``width``-wide band holding ``text`` in white, wrapped to the width."""
+    font = _font(font_size)
+    chars = max(8, int(width / (0.6 * font_size)))
+    lines = textwrap.wrap(text, chars) or [""]
+    line_height = font_size + 4
+    band = Image.new("RGB", (width, line_height * len(lines) + 6), (24, 24, 24))
+    draw = ImageDraw.Draw(band)
+    for k, line in enumerate(lines):
+        draw.text((4, 3 + k * line_height), line, fill=(255, 255, 255), font=font)
+    return band
+
+
+def render_readable(
+    image: np.ndarray | Image.Image,
+    mask: np.ndarray,
+    text: str,
+    true_mask: np.ndarray | None = None,
+    min_side: int = READABLE_MIN_SIDE,
+) -> Image.Image:
+    """An overlay for a person to read: enlarged by a whole factor (nearest neighbour, so pixels stay
+    sharp) until its smaller side is at least ``min_side``, with the expression in a band *above* the
+    image so that the caption hides nothing of the scene.
+
+    Returns:
+        RGB image of width ``k * W`` and height ``k * H`` + the band, ``k = ceil(min_side / min(H, W))``
+        (at least 1).
+    """
+    tinted = Image.fromarray(overlay_mask(image, mask, outline=true_mask))
+    factor = max(1, -(-min_side // min(tinted.size)))
+    big = tinted.resize((tinted.width * factor, tinted.height * factor), Image.Resampling.NEAREST)
+    band = caption_band(text, big.width, max(12, big.width // 24))
+    canvas = Image.new("RGB", (big.width, band.height + big.height))
+    canvas.paste(band, (0, 0))
+    canvas.paste(big, (0, band.height))
+    return canvas
+
+
 def side_by_side(panels: Sequence[Image.Image], gap: int = 4) -> Image.Image:
     """Paste images left to right on a white canvas (for comparing prediction and ground truth)."""
     if not panels:
@@ -128,8 +171,8 @@ def save_overlay(
     text: str,
     true_mask: np.ndarray | None = None,
 ) -> Path:
-    """`render_overlay` written to ``path`` as PNG (parent folders created)."""
+    """`render_readable` written to ``path`` as PNG (parent folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    render_overlay(image, mask, text, true_mask).save(path)
+    render_readable(image, mask, text, true_mask).save(path)
     return path
