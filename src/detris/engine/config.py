@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..fetch.sources import SOURCES
+from ..precision import precision_name
 
 __all__ = [
     "ConfigError",
@@ -40,7 +41,6 @@ DATASETS = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google", "refcoco_g
 _MIXABLE = tuple(n for n in DATASETS if n not in ("mixed", "synthetic"))
 #: The parts of ``mixed`` by default: the official mixed set (RefCOCO + RefCOCO+ + RefCOCOg umd).
 _OFFICIAL_MIXED = ["refcoco", "refcoco+", "refcocog_umd"]
-PRECISIONS = ("fp32", "bf16", "fp16")
 #: ``train.lr_schedule`` values: ``multistep`` (official, per epoch), ``cosine`` (per step, by progress).
 SCHEDULES = ("multistep", "cosine")
 
@@ -147,7 +147,9 @@ class TrainConfig:
     # Weight of an extra soft Dice loss on the probabilities upsampled to the input size the way
     # evaluation does it (see engine/losses.py); 0 = the official BCE alone.
     dice_weight: float = 0.0
-    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + GradScaler, GPU)
+    # float32 | bfloat16 (autocast, CPU or GPU) | float16 (autocast + GradScaler, GPU); fp32, bf16 and
+    # fp16 are read as the same.
+    precision: str = "float32"
     device: str = "auto"  # auto | cpu | cuda
     # CPU threads of torch's intra-op pool for this run (null = torch's default, one per core). On a
     # machine shared with other jobs one thread per process avoids OpenMP threads waiting on each other.
@@ -196,8 +198,10 @@ class RunConfig:
         s_cfg = d.synthetic
         if s_cfg.multi_target_refs < 0 or s_cfg.no_target_refs < 0:
             raise ConfigError("data.synthetic.multi_target_refs and no_target_refs must be >= 0")
-        if t.precision not in PRECISIONS:
-            raise ConfigError(f"train.precision: {t.precision!r} is not one of {list(PRECISIONS)}")
+        try:
+            t.precision = precision_name(t.precision)
+        except ValueError as err:
+            raise ConfigError(f"train.precision: {err}") from None
         if t.device not in ("auto", "cpu") and not t.device.startswith("cuda"):
             raise ConfigError(f"train.device: {t.device!r}; use auto, cpu, cuda or cuda:N")
         for key in ("epochs", "batch_size", "val_batch_size"):

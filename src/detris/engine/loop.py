@@ -26,6 +26,7 @@ from ..data.grefer import GREFCOCO_FOLDER, GReferDataset
 from ..data.refer import load_refer
 from ..evaluate import GRES_METRIC_KEYS, METRIC_KEYS, evaluate
 from ..modeling import DETRIS
+from ..precision import autocast, autocast_dtype
 from ..utils import check_output_dir
 from ..variants import get_variant
 from .checkpoint import (
@@ -42,7 +43,7 @@ from .schedule import ProgressSchedule
 from .task import SegmentationTask
 from .tracking import MetricsLogger, plot_curves
 
-__all__ = ["TrainingDiverged", "train", "validate", "build_datasets"]
+__all__ = ["TrainingDiverged", "train", "run_training", "validate", "build_datasets"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,14 +123,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-_AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _autocast(precision: str, device: torch.device):
-    dtype = _AUTOCAST_DTYPES[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _param_groups(model: DETRIS) -> list[dict[str, Any]]:
     """One Adam group per trainable module (adapters, neck, decoder, head), as the official code; the
     towers' own weights, when they train too (``model.train_backbones``), form one last group."""
@@ -149,7 +142,7 @@ def validate(
     dataset,
     info: DistInfo,
     batch_size: int,
-    precision: str = "fp32",
+    precision: str = "float32",
     max_items: int | None = None,
     num_workers: int = 0,
 ) -> dict[str, float]:
@@ -158,7 +151,7 @@ def validate(
     (gRefCOCO) gives the GRES metrics instead of mIoU/oIoU/Pr@."""
     result = evaluate(
         model, dataset, batch_size=batch_size, device=info.device, workers=num_workers, progress=False,
-        batch_invariant=False, dtype=_AUTOCAST_DTYPES[precision], rank=info.rank, world_size=info.world_size,
+        batch_invariant=False, dtype=autocast_dtype(precision), rank=info.rank, world_size=info.world_size,
         max_items=max_items,
     )
     keys = GRES_METRIC_KEYS if getattr(dataset, "generalized", False) else METRIC_KEYS
@@ -187,7 +180,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict[str, Any]:
     stop = threading.Event()
     previous_handler = _catch_sigterm(stop)
     try:
-        return _train(cfg, resume, info, stop)
+        return run_training(cfg, info, resume, stop)
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
@@ -268,8 +261,8 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
     run_dir = Path(cfg.output.dir)
     if info.is_main:
         check_output_dir(run_dir, "output.dir")
-    if t.precision == "fp16" and info.device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a GPU (GradScaler); use bf16 on CPU")
+    if autocast_dtype(t.precision) == torch.float16 and info.device.type != "cuda":
+        raise ValueError("train.precision=float16 needs a GPU (GradScaler); use bfloat16 on CPU")
     ckpt = None
     if resume:
         ckpt, _ = load_resume_checkpoint(run_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume))
@@ -303,7 +296,7 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
         scheduler: Any = ProgressSchedule(optimizer, total_steps, t.max_minutes, t.warmup_steps)
     else:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.lr_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(t.precision) == torch.float16)
     task = SegmentationTask(model, dice_weight=t.dice_weight)
     run = _Run(cfg, info, run_dir, model, task, backbones, optimizer, scheduler, scaler, sampler, loader, loader_gen,
                train_ds, val_ds, accum, micro, logger=None)
@@ -382,7 +375,7 @@ def _micro_step(run: _Run, batch: dict[str, Any], last_micro: bool) -> torch.Ten
     # Only the last micro-batch of a step all-reduces gradients.
     sync: Any = run.ddp.no_sync() if run.info.distributed and not last_micro else contextlib.nullcontext()  # type: ignore[operator]
     with sync:
-        with _autocast(t.precision, dev):
+        with autocast(t.precision, dev.type):
             loss = run.ddp(images, tokens, mask, no_target).loss.total
         run.scaler.scale(loss.float() / run.accum).backward()
     return loss.detach().float()
@@ -501,7 +494,13 @@ def _finish(run: _Run) -> dict[str, Any]:
     return summary
 
 
-def _train(cfg: RunConfig, resume: str | None, info: DistInfo, stop: threading.Event | None = None) -> dict[str, Any]:
+def run_training(
+    cfg: RunConfig, info: DistInfo, resume: str | None = None, stop: threading.Event | None = None
+) -> dict[str, Any]:
+    """The run itself, as `train` runs it, in a process whose place in the world the caller has set
+    (``info``: rank, world size, device; for more than one process the caller has joined the process
+    group). Nothing around it: no thread setting, SIGTERM handler or group teardown. ``stop``: an event
+    that, once set, ends the run after the current optimizer step (with a checkpoint)."""
     run = _setup(cfg, resume, info)
     if stop is not None:
         run.stop = stop
