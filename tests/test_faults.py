@@ -1,7 +1,7 @@
-"""Faults during training and saving: a full disk, a damaged checkpoint on resume, SIGTERM.
+"""Faults during training and saving: a real full disk, a damaged checkpoint on resume, SIGTERM, SIGKILL.
 
-A full disk is simulated by making the writer raise ``OSError(ENOSPC)`` after it has written part of
-the file, which is what a real full disk does to ``torch.save`` / safetensors half-way through.
+A full disk is a small tmpfs mounted by the test (root only; skipped otherwise): torch's zip writer and
+safetensors then fail the way they do on a user's disk, with their own exception types.
 """
 
 from __future__ import annotations
@@ -9,10 +9,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,12 @@ from detris.engine.checkpoint import (
     save_checkpoint,
 )
 from detris.engine.config import load_config
+from detris.utils import FileWriteError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PAGE = 4096
+#: How a full disk is reported: the reason, how much of the file was written, the space left.
+FULL = r"\(No space left on device( after [\d.]+ k?M?B of it)?; [\d.]+ k?M?B free on its file system\)"
 
 # A few-second run on a handful of 64 px scenes (as in test_engine.py).
 TINY = [
@@ -40,19 +46,62 @@ TINY = [
 ]
 
 
-def _full_disk_after(nbytes: int):
-    """A stand-in for ``torch.save`` that writes ``nbytes`` of the file, then finds the disk full."""
+class Tmpfs:
+    """Small tmpfs mounts under a test's folder: a disk that really fills up. Unmounted by the fixture."""
 
-    def save(obj, f, *args, **kwargs):
-        with open(f, "wb") as fh:
-            fh.write(b"\0" * nbytes)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.mounted: list[Path] = []
 
-    return save
+    def mount(self, size: int, name: str = "disk") -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("a real full disk needs a tmpfs, and mounting one needs root")
+        target = self.root / name
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={_pages(size)}", "tmpfs", str(target)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        self.mounted.append(target)
+        return target
+
+    def resize(self, target: Path, size: int) -> None:
+        """Make room (contents stay), as a user freeing space would."""
+        subprocess.run(["mount", "-o", f"remount,size={_pages(size)}", str(target)], check=True)
+
+    def unmount_all(self) -> None:
+        for target in reversed(self.mounted):
+            if subprocess.run(["umount", str(target)], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", str(target)], capture_output=True)  # still busy: detach
+        self.mounted.clear()
+
+
+def _pages(nbytes: int) -> int:
+    return -(-int(nbytes) // PAGE) * PAGE
+
+
+@pytest.fixture
+def tmpfs(tmp_path) -> Iterator[Tmpfs]:
+    disks = Tmpfs(tmp_path / "mnt")
+    try:
+        yield disks
+    finally:
+        disks.unmount_all()
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    chain = [err]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    return chain
 
 
 def _listing(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _temporaries(directory: Path) -> list[str]:
+    return [p.name for p in directory.rglob("*") if p.name.endswith(".tmp")]
 
 
 @pytest.fixture(scope="module")
@@ -66,78 +115,124 @@ def _state(step: int) -> dict:
                 best={"mIoU": -1.0, "epoch": None})
 
 
-def test_full_disk_mid_checkpoint_keeps_the_previous_files(model, tmp_path, monkeypatch):
-    path = tmp_path / "checkpoints" / "last.pt"
+def test_full_disk_mid_checkpoint_keeps_the_previous_files(model, tmp_path, tmpfs):
+    """torch's zip writer on a full tmpfs: one message naming the file and the free space."""
+    probe = save_checkpoint(tmp_path / "probe" / "last.pt", model, False, **_state(1))
+    size = _pages(probe.stat().st_size) + _pages(probe.with_suffix(".json").stat().st_size)
+    disk = tmpfs.mount(size + size // 2)  # room for one checkpoint and half of the next
+    path = disk / "checkpoints" / "last.pt"
     save_checkpoint(path, model, False, **_state(1))
-    save_checkpoint(path, model, False, **_state(2))  # step 1 is now previous.pt
     before = _listing(path.parent)
-    assert set(before) == {"last.pt", "last.json", PREVIOUS_NAME}
 
-    monkeypatch.setattr(torch, "save", _full_disk_after(4096))
-    with pytest.raises(CheckpointSaveError, match=r"last\.pt \(No space left on device\); the previous one is intact"):
-        save_checkpoint(path, model, False, **_state(3))
+    with pytest.raises(CheckpointSaveError) as caught:
+        save_checkpoint(path, model, False, **_state(2))
+    err = caught.value
+    torch_error = _causes(err)[-1]  # what torch.save itself raised
+    assert type(torch_error) is RuntimeError and "unexpected pos" in str(torch_error)
+    assert err.errno == errno.ENOSPC
+    assert re.match(f"could not write the checkpoint {re.escape(str(path))} {FULL}; the previous one is intact",
+                    err.strerror), err.strerror
+    assert "\n" not in err.strerror
     assert _listing(path.parent) == before  # no partial file, no temporary left behind
-    monkeypatch.undo()
-    assert load_checkpoint(path)["global_step"] == 2
-    assert load_checkpoint(path.with_name(PREVIOUS_NAME))["global_step"] == 1
+    assert load_checkpoint(path)["global_step"] == 1
+
+
+def _save_pretrained_sizes(model, tmp_path) -> tuple[int, int]:
+    probe = tmp_path / "probe-model"
+    model.save_pretrained(probe)
+    return _pages((probe / "model.safetensors").stat().st_size), _pages((probe / "config.json").stat().st_size)
 
 
 @pytest.mark.parametrize("failing", ["weights", "config"])
-def test_full_disk_mid_save_pretrained_keeps_the_model_directory(model, tmp_path, monkeypatch, failing):
-    """Either file failing leaves both old files in place, still matching each other."""
-    import safetensors.torch
-
-    directory = tmp_path / "model"
+def test_full_disk_mid_save_pretrained_keeps_the_model_directory(model, tmp_path, tmpfs, failing):
+    """safetensors' own error (or config.json's) on a full tmpfs leaves both old files, still matching."""
+    weights, config = _save_pretrained_sizes(model, tmp_path)
+    # "weights": the new weights do not fit; "config": they do, the new config.json does not.
+    disk = tmpfs.mount(weights + config + (weights // 2 if failing == "weights" else weights))
+    directory = disk / "model"
     model.save_pretrained(directory)
     before = _listing(directory)
-    if failing == "weights":
-        monkeypatch.setattr(safetensors.torch, "save_file", _full_disk_after(1 << 16))
-    else:
-        real_write_text = Path.write_text
-
-        def write_text(self, *args, **kwargs):
-            if self.name.startswith(".config.json."):
-                real_write_text(self, "{")
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real_write_text(self, *args, **kwargs)
-
-        monkeypatch.setattr(Path, "write_text", write_text)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)  # the new save would differ
     try:
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(FileWriteError) as caught:
             model.save_pretrained(directory)
     finally:
         with torch.no_grad():
             next(model.parameters()).sub_(1.0)
-    assert _listing(directory) == before
+    err = caught.value
+    name = "model.safetensors" if failing == "weights" else "config.json"
+    if failing == "weights":
+        assert type(_causes(err)[-1]).__name__ == "SafetensorError"  # what safetensors itself raised
+    assert err.errno == errno.ENOSPC and err.filename == str(directory / name)
+    assert re.fullmatch(f"could not write {re.escape(str(directory / name))} {FULL}", str(err)), str(err)
+    assert _listing(directory) == before and not _temporaries(disk)
 
 
-def test_full_disk_during_training_stops_with_a_clear_message(tmp_path, monkeypatch, capsys):
-    """The command exits with status 4 and one line; the last good checkpoint still resumes."""
+def test_full_disk_during_export_leaves_no_partial_file(model, tmp_path, tmpfs, capsys):
+    """``torch.export`` programs go through torch's zip writer too; the command says so in one line."""
     from detris.cli import main
 
-    real_save = torch.save
-    calls = {"n": 0}
-
-    def save_then_fill_up(obj, f, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] >= 3:
-            return _full_disk_after(1000)(obj, f)
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save_then_fill_up)
-    run = tmp_path / "run"
-    args = ["train", str(CONFIGS / "synthetic-tiny.yaml")]
-    for item in TINY + [f"output.dir={run}", "train.save_every_steps=1", "train.epochs=3"]:
-        args += ["--set", item]
-    assert main(args) == 4
+    source = tmp_path / "model"
+    model.save_pretrained(source)
+    disk = tmpfs.mount(64 * 1024)  # far smaller than the program
+    out = disk / "model.pt2"
+    code = main(["export", "--model", str(source), "--format", "torch-export", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("detris train: stopped: could not write the checkpoint ")
-    assert "No space left on device" in err[-1] and "--resume auto" in err[-1]
-    monkeypatch.undo()
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["global_step"] == 2
-    assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    assert code == 4, err
+    assert re.fullmatch(f"detris export: error: could not write {re.escape(str(out))} {FULL}", err[-1]), err[-1]
+    assert not out.exists() and not list(disk.iterdir())
+
+
+def _train_command(run: Path, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + [f"output.dir={run}"] + extra:
+        cmd += ["--set", item]
+    return cmd
+
+
+def _train_env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+
+
+def _tree_pages(directory: Path) -> int:
+    return sum(_pages(p.stat().st_size) for p in directory.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_full_disk_during_training_exits_4_then_resumes_exactly(tmp_path, tmpfs):
+    """A run whose output folder fills up stops with status 4 and one line; once space is freed, the
+    same command with --resume auto ends with the weights of an uninterrupted run."""
+    common = ["train.save_every_steps=1", "train.epochs=3"]
+    ref = subprocess.run(_train_command(tmp_path / "ref", common) + ["--resume", "auto"], env=_train_env(),
+                         capture_output=True, text=True, timeout=240)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    ckpts = tmp_path / "ref" / "checkpoints"
+    checkpoint = _pages((ckpts / "last.pt").stat().st_size)
+    rest = _tree_pages(tmp_path / "ref") - _tree_pages(ckpts)
+    # Room for everything else and two and a half checkpoints: the third save (last + previous + the
+    # new temporary) finds the disk full.
+    disk = tmpfs.mount(rest + 2 * checkpoint + checkpoint // 2 + 4 * PAGE)
+    run = disk / "run"
+    cmd = _train_command(run, common) + ["--resume", "auto"]
+    full = subprocess.run(cmd, env=_train_env(), capture_output=True, text=True, timeout=240)
+    last_line = full.stderr.strip().splitlines()[-1]
+    print(f"full disk: exit {full.returncode}: {last_line}")
+    assert full.returncode == 4, full.stderr[-3000:]
+    assert re.match(f"detris train: stopped: could not write .* {FULL}; .*--resume auto$", last_line), last_line
+    assert not _temporaries(run)
+    status = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["global_step"] == status["global_step"] >= 1
+
+    tmpfs.resize(disk, 4 * (rest + 4 * checkpoint))  # space freed
+    resumed = subprocess.run(cmd, env=_train_env(), capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {run / 'checkpoints' / 'last.pt'} (epoch " in resumed.stdout
+    a = load_checkpoint(ckpts / "last.pt")["weights"]
+    b = load_checkpoint(run / "checkpoints" / "last.pt")["weights"]
+    diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    print(f"resumed after the full disk: max parameter difference to the uninterrupted run {diff}")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _train_steps(run: Path, steps: int, resume: str | None = None) -> dict:

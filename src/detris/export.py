@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .inference import NO_TARGET_THRESHOLD
 from .modeling import DETRIS
 from .processing import ProcessingConfig
-from .utils import atomic_write_with_side_files
+from .utils import atomic_write_with_side_files, torch_write
 from .variants import DetrisConfig
 
 __all__ = [
@@ -310,7 +310,9 @@ def _write_onnx(graph: _LogitsGraph, example: tuple[Tensor, Tensor], meta: dict[
 def _write_program(graph: nn.Module, example: tuple[Tensor, Tensor], meta: dict[str, str], path: Path,
                    dynamic: dict[str, dict[int, Any]] | None) -> None:
     program = torch.export.export(graph, example, dynamic_shapes=dynamic, strict=False)
-    torch.export.save(program, path, extra_files={PT2_METADATA_NAME: json.dumps(meta, indent=2)})
+    # Through torch_write: a full disk is an OSError, not an abort when the unfinished writer is collected.
+    torch_write(lambda f: torch.export.save(program, f, extra_files={PT2_METADATA_NAME: json.dumps(meta, indent=2)}),
+                path)
 
 
 def export_model(

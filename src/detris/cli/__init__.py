@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundled import DEMO_MODEL_NAME
+from ..utils import FileWriteError
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -244,3 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    except FileWriteError as err:
+        # An output could not be written (a full disk): the file and the free space, in one line.
+        print(f"detris {args.command}: error: {err}", file=sys.stderr)
+        return 4

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..modeling import DETRIS
-from ..utils import atomic_write
+from ..utils import atomic_write, torch_write
 from ..weights import load_strict, trainable_state_dict
 
 __all__ = ["PREVIOUS_NAME", "CheckpointSaveError", "capture_rng", "restore_rng", "save_checkpoint", "save_failure",
@@ -60,15 +60,19 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 class CheckpointSaveError(OSError):
-    """A checkpoint or model directory could not be written (a full disk, a lost mount); the message
-    names the file and says that the previous one is intact."""
+    """A checkpoint, model directory or other run file could not be written (a full disk, a lost
+    mount); ``strerror`` is one line naming the file, the free space, what is intact and the fix."""
 
 
 def save_failure(path: Path, err: OSError, what: str = "checkpoint") -> CheckpointSaveError:
-    """The error a failed save raises: the file, the system's reason, and what is still there."""
+    """The error a failed save raises: the file that failed (``err.filename`` when the writer named
+    one), the reason with the free space left, and what is still there."""
+    failed = err.filename or path
     reason = err.strerror or str(err)
+    if failed != path and str(failed) != str(path):
+        what = f"{what} {path}: its file"
     return CheckpointSaveError(
-        err.errno, f"could not write the {what} {path} ({reason}); the previous one is intact. "
+        err.errno, f"could not write the {what} {failed} ({reason}); the previous one is intact. "
         "Free some space (or choose another output.dir) and resume with --resume auto"
     )
 
@@ -90,7 +94,8 @@ def save_checkpoint(path: Path, model: DETRIS, full: bool, **state: Any) -> Path
     info: dict[str, Any] = {k: state[k] for k in ("epoch", "step_in_epoch", "global_step", "best") if k in state}
     info["checkpoint"] = path.name
     try:
-        atomic_write(path, lambda tmp: torch.save(payload, tmp), keep_previous=path.with_name(PREVIOUS_NAME))
+        atomic_write(path, lambda tmp: torch_write(lambda f: torch.save(payload, f), tmp),
+                     keep_previous=path.with_name(PREVIOUS_NAME))
         atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
     except OSError as err:
         raise save_failure(path, err) from err

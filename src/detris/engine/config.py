@@ -158,6 +158,12 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests, demos)
     max_minutes: float | None = None  # stop (and save) after this much wall time
     save_every_steps: int = 0  # also checkpoint every N optimizer steps mid-epoch (0 = epoch ends only)
+    # Also checkpoint once N minutes of training have passed since the last save (0 = off): a crash
+    # then costs at most that much work. Decided on the clock reduced across ranks (all save together).
+    save_every_minutes: float = 0.0
+    # Under torchrun: how long forming the process group, and then any wait for another process (a
+    # collective while rank 0 saves), may take before the run fails with a message saying why.
+    dist_timeout_s: float = 300.0
     evaluate: bool = True  # validate after every epoch
     val_max_items: int | None = None  # validate on the first N items only
 
@@ -211,6 +217,10 @@ class RunConfig:
             raise ConfigError(f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
         if t.save_every_steps < 0:
             raise ConfigError(f"train.save_every_steps must be >= 0, got {t.save_every_steps}")
+        if t.save_every_minutes < 0:
+            raise ConfigError(f"train.save_every_minutes must be >= 0, got {t.save_every_minutes}")
+        if t.dist_timeout_s <= 0:
+            raise ConfigError(f"train.dist_timeout_s must be > 0 seconds, got {t.dist_timeout_s}")
         if t.lr_schedule not in SCHEDULES:
             raise ConfigError(f"train.lr_schedule: {t.lr_schedule!r} is not one of {list(SCHEDULES)}")
         if t.warmup_steps < 0:

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "GlobalBatchSampler", "all_reduce_mean"]
+__all__ = ["DistInfo", "DistributedSetupError", "init_distributed", "cleanup_distributed", "GlobalBatchSampler",
+           "all_reduce_mean", "broadcast_buffers"]
+
+#: How long joining the process group, and then any collective, may wait by default (seconds).
+DEFAULT_DIST_TIMEOUT_S = 300.0
+
+
+class DistributedSetupError(RuntimeError):
+    """The process group could not be formed in time; the message names the master address tried, this
+    host and the fix."""
 
 
 @dataclass(frozen=True)
@@ -30,11 +42,15 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> DistInfo:
     """Join the torchrun process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on GPU).
 
     ``device``: ``auto`` (cuda if available), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun each rank
-    takes ``cuda:LOCAL_RANK``.
+    takes ``cuda:LOCAL_RANK``. ``timeout_s`` bounds the rendezvous with the other processes and, after
+    it, every collective wait (``train.dist_timeout_s``).
+
+    Raises:
+        DistributedSetupError: the group could not be formed within ``timeout_s``.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -49,8 +65,34 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        _join_group("nccl" if dev.type == "cuda" else "gloo", rank, world, timeout_s)
     return DistInfo(rank, world, local, dev)
+
+
+def _join_group(backend: str, rank: int, world: int, timeout_s: float) -> None:
+    """``init_process_group`` bounded by ``timeout_s``, plus one collective so that a peer that cannot
+    be reached fails here, with a message saying what to change, rather than at the first step."""
+    timeout = timedelta(seconds=timeout_s)
+    try:
+        dist.init_process_group(backend=backend, timeout=timeout)
+        dist.barrier()
+    except (RuntimeError, OSError, ValueError) as err:  # DistNetworkError, DistStoreError, gloo's errors
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise DistributedSetupError(_rendezvous_failure(rank, world, timeout_s, err)) from err
+
+
+def _rendezvous_failure(rank: int, world: int, timeout_s: float, err: BaseException) -> str:
+    """One line: the address tried, this host, what went wrong and the fix."""
+    master = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return (
+        f"rank {rank} of {world} could not form the process group with the master {master} within "
+        f"train.dist_timeout_s={timeout_s:g} s (this host: {socket.gethostname()}; {type(err).__name__}: "
+        f"{first[:200]}). Check that every host can reach that address and port; with torchrun on several "
+        "hosts pass --local-addr <this host's address> on each host (and --rdzv-conf is_host=1 on the "
+        "rendezvous host), and name the network interface with GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME"
+    )
 
 
 def cleanup_distributed() -> None:
@@ -65,6 +107,18 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= info.world_size
     return value
+
+
+def broadcast_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics; a no-op for one process).
+
+    Without SyncBatchNorm each DDP process updates its statistics from its own micro-batches, so the
+    ranks drift apart; the checkpoint holds rank 0's, and validation must score what is saved.
+    """
+    if not info.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 class GlobalBatchSampler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import random
@@ -27,9 +28,11 @@ from ..data.refer import load_refer
 from ..evaluate import GRES_METRIC_KEYS, METRIC_KEYS, evaluate
 from ..modeling import DETRIS
 from ..precision import autocast, autocast_dtype
-from ..utils import check_output_dir
+from ..utils import FileWriteError, check_output_dir, free_space_text
 from ..variants import get_variant
 from .checkpoint import (
+    PREVIOUS_NAME,
+    CheckpointSaveError,
     capture_rng,
     load_resume_checkpoint,
     restore_rng,
@@ -38,10 +41,17 @@ from .checkpoint import (
     save_failure,
 )
 from .config import BUNDLED, RunConfig, config_to_dict
-from .distributed import DistInfo, GlobalBatchSampler, all_reduce_mean, cleanup_distributed, init_distributed
+from .distributed import (
+    DistInfo,
+    GlobalBatchSampler,
+    all_reduce_mean,
+    broadcast_buffers,
+    cleanup_distributed,
+    init_distributed,
+)
 from .schedule import ProgressSchedule
 from .task import SegmentationTask
-from .tracking import MetricsLogger, plot_curves
+from .tracking import MetricsLogger, plot_curves, trim_metrics
 
 __all__ = ["TrainingDiverged", "train", "run_training", "validate", "build_datasets"]
 
@@ -176,16 +186,41 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict[str, Any]:
     threads = torch.get_num_threads()
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
-    info = init_distributed(cfg.train.device)
+    info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     stop = threading.Event()
     previous_handler = _catch_sigterm(stop)
     try:
         return run_training(cfg, info, resume, stop)
+    except CheckpointSaveError:
+        raise
+    except OSError as err:
+        if err.errno not in _DISK_ERRNOS:
+            raise
+        raise _run_write_failure(cfg, err) from err
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         cleanup_distributed()
         torch.set_num_threads(threads)  # the caller's setting, for whatever runs next in this process
+
+
+#: Write failures that end a run with "free some space, then --resume auto" (exit status 4).
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _run_write_failure(cfg: RunConfig, err: OSError) -> CheckpointSaveError:
+    """A run file other than a checkpoint (``metrics.jsonl``, ``summary.json``, ...) could not be written:
+    the file, the free space, the checkpoint that is intact, the fix."""
+    failed = Path(err.filename or cfg.output.dir)
+    reason = err.strerror or str(err)
+    if not isinstance(err, FileWriteError):
+        reason = f"{reason}; {free_space_text(failed)}"
+    last = Path(cfg.output.dir) / "checkpoints" / "last.pt"
+    intact = f"the last checkpoint {last} is intact" if last.is_file() else "no checkpoint was saved yet"
+    return CheckpointSaveError(
+        err.errno, f"could not write {failed} ({reason}); {intact}. Free some space (or choose another "
+        "output.dir) and resume with --resume auto"
+    )
 
 
 def _catch_sigterm(stop: threading.Event) -> Any:
@@ -234,6 +269,8 @@ class _Run:
     pbar: Any = None
     stop: threading.Event = field(default_factory=threading.Event)  # set by SIGTERM (this process)
     stop_agreed: bool = False  # some rank saw SIGTERM by the last step: all ranks stop after it
+    minutes: float = 0.0  # training minutes at the last optimizer step (reduced: the same on every rank)
+    saved_minutes: float = 0.0  # ... at the last checkpoint (for train.save_every_minutes)
 
     @property
     def per_step(self) -> bool:
@@ -263,9 +300,12 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
         check_output_dir(run_dir, "output.dir")
     if autocast_dtype(t.precision) == torch.float16 and info.device.type != "cuda":
         raise ValueError("train.precision=float16 needs a GPU (GradScaler); use bfloat16 on CPU")
-    ckpt = None
-    if resume:
-        ckpt, _ = load_resume_checkpoint(run_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume))
+    ckpt, source = None, _resume_source(resume, run_dir, info)
+    if source is not None:
+        ckpt, used = load_resume_checkpoint(source)
+        if info.is_main:
+            print(f"detris train: resuming from {used} (epoch {ckpt['epoch']}, global step {ckpt['global_step']})",
+                  flush=True)
 
     # Same seed on every rank: every process builds the same (random-init) backbones and heads.
     mcfg = get_variant(cfg.model.variant, **cfg.model.overrides)  # sizes, without building anything
@@ -307,9 +347,29 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
             task, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
     if info.is_main:
+        redone = trim_metrics(run_dir / "metrics.jsonl", run.global_step) if ckpt is not None else 0
         run.logger = MetricsLogger(run_dir, cfg.output.tensorboard)
+        if ckpt is not None:
+            run.logger.log({"kind": "resume", "global_step": run.global_step, "epoch": run.start_epoch,
+                            "steps_redone": redone})
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     return run
+
+
+def _resume_source(resume: str | None, run_dir: Path, info: DistInfo) -> Path | None:
+    """The checkpoint to resume from: ``resume`` itself, or for ``auto`` ``checkpoints/last.pt`` when a
+    checkpoint exists there (a fresh start otherwise, said on stdout: a launcher's restarts and the
+    first start are then one command)."""
+    if not resume:
+        return None
+    if resume != "auto":
+        return Path(resume)
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file() or last.with_name(PREVIOUS_NAME).is_file():
+        return last
+    if info.is_main:
+        print(f"detris train: no checkpoint in {last.parent}; starting fresh (--resume auto)", flush=True)
+    return None
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
@@ -330,6 +390,9 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
 
 
 def _save(run: _Run, epoch: int, step_in_epoch: int) -> None:
+    """Checkpoint the run (rank 0 writes; every rank takes rank 0's BatchNorm statistics first)."""
+    broadcast_buffers(run.model, run.info)
+    run.saved_minutes = run.minutes
     if not run.info.is_main:
         return
     save_checkpoint(
@@ -341,7 +404,10 @@ def _save(run: _Run, epoch: int, step_in_epoch: int) -> None:
 
 
 def _run_validation(run: _Run, epoch: int) -> None:
+    """Validate (every rank scores its share with rank 0's BatchNorm statistics: those of the model
+    that is saved); rank 0 logs the result and saves ``best/`` when it improves."""
     t = run.cfg.train
+    broadcast_buffers(run.model, run.info)
     summary = validate(run.model, run.val_ds, run.info, t.val_batch_size, t.precision, t.val_max_items,
                        run.cfg.data.num_workers)
     run.last_val = summary
@@ -406,6 +472,7 @@ def _optimizer_step(run: _Run, loss_sum: torch.Tensor, epoch: int) -> float:
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     run.global_step += 1
+    run.minutes = minutes
     lr_used = run.optimizer.param_groups[0]["lr"]
     if run.per_step:
         run.scheduler.update(run.global_step, minutes)
@@ -443,10 +510,20 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[bool, int]:
         if (t.max_steps is not None and run.global_step >= t.max_steps) or out_of_time:
             run.stop_reason = "max_steps" if not out_of_time else "max_minutes"
             return True, step_in_epoch
-        if t.save_every_steps and run.global_step % t.save_every_steps == 0 \
-                and step_in_epoch < run.sampler.steps_per_epoch:
+        if _periodic_save_due(run, step_in_epoch):
             _save(run, epoch, step_in_epoch)
     return False, step_in_epoch
+
+
+def _periodic_save_due(run: _Run, step_in_epoch: int) -> bool:
+    """A mid-epoch checkpoint now (``train.save_every_steps`` / ``save_every_minutes``; the end of an
+    epoch saves anyway). Decided on values every rank shares, so all ranks save after the same step."""
+    t = run.cfg.train
+    if step_in_epoch >= run.sampler.steps_per_epoch:
+        return False
+    by_steps = bool(t.save_every_steps) and run.global_step % t.save_every_steps == 0
+    by_time = t.save_every_minutes > 0 and run.minutes - run.saved_minutes >= t.save_every_minutes
+    return by_steps or by_time
 
 
 def _epochs(run: _Run) -> None:
@@ -484,6 +561,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         "micro_batch": run.micro,
         "accumulation": run.accum,
         "run_dir": str(run.run_dir),
+        "rank": run.info.rank,
     }
     if run.logger is not None:
         run.logger.close()

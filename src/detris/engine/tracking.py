@@ -8,7 +8,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "plot_curves"]
+from ..utils import atomic_write
+
+__all__ = ["MetricsLogger", "plot_curves", "read_metrics", "trim_metrics"]
 
 
 class MetricsLogger:
@@ -44,6 +46,32 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not Path(path).is_file():
         return []
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def trim_metrics(path: Path, global_step: int) -> int:
+    """Drop the records after ``global_step`` (the checkpoint a run resumes from), and a line cut short
+    by a kill or a full disk, so that the resumed run's records follow on without repeating a step.
+
+    Returns how many training steps were dropped: work done after the last checkpoint, done again.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept: list[str] = []
+    dropped = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line a kill or a full disk cut short
+        if not isinstance(record, dict):
+            continue
+        if record.get("global_step", 0) > global_step:
+            dropped += record.get("kind") == "train"
+            continue
+        kept.append(line)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept), encoding="utf-8"))
+    return dropped
 
 
 def plot_curves(metrics_path: Path, out_png: Path) -> Path | None:
