@@ -38,7 +38,7 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio", reason='the web demo needs gradio (pip install "detris[demo]")')
 
-from detris.app import DemoLimits, build_app, make_handler, segment
+from detris.app import DemoLimits, build_app, make_handler, segment_upload
 from detris.cli import main as cli_main
 from detris.data.synthetic import SyntheticScenes
 from detris.predictor import Predictor
@@ -240,8 +240,8 @@ def test_unexpected_failure_is_answered_and_the_next_request_works(model_dir, go
 def test_segment_without_gradio_raises_plain_errors(predictor, good_image):
     """The request logic is usable without the UI: refusals are ValueErrors with the same messages."""
     with pytest.raises(ValueError, match="upload an image"):
-        segment(predictor, None, "the shape")
-    overlays, _ = segment(predictor, good_image, "the shape")
+        segment_upload(predictor, None, "the shape")
+    overlays, _ = segment_upload(predictor, good_image, "the shape")
     assert overlays[0][0].size == (320, 240)
 
 

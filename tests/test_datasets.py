@@ -15,6 +15,7 @@ from pycocotools import mask as coco_mask
 from torch.utils.data import DataLoader
 
 from detris.data import (
+    MIXED_DEFAULT,
     ImageLoadError,
     ImageNotFoundError,
     JsonlSegDataset,
@@ -23,6 +24,7 @@ from detris.data import (
     collate,
     load_image,
     load_refer,
+    open_dataset,
 )
 from refer_fixtures import (
     build_refer_fixture,
@@ -173,14 +175,14 @@ def test_collate_and_dataloader(fx, refcoco):
 
 
 def test_mixed_dataset(fx):
-    train = MixedReferDataset(fx.data_root, "train", image_root=fx.image_root, input_size=32,
-                              tokenizer=toy_tokenizer)
+    train = open_dataset("mixed", fx.data_root, "train", "train", fx.image_root, input_size=32,
+                         tokenizer=toy_tokenizer)
     # refcoco unc train (3) + refcoco+ unc train (2) + refcocog umd train (2), in that order.
     assert len(train) == 7 and train.mode == "train"
     assert [train[i]["dataset"] for i in range(7)] == ["refcoco"] * 3 + ["refcoco+"] * 2 + ["refcocog_umd"] * 2
     assert [train[i]["ref_id"] for i in range(7)] == [1, 2, 3, 11, 12, 21, 22]
-    val = MixedReferDataset(fx.data_root, "val", image_root=fx.image_root, input_size=32,
-                            tokenizer=toy_tokenizer)
+    val = MixedReferDataset([load_refer(fx.data_root, n) for n in MIXED_DEFAULT], "val", image_root=fx.image_root,
+                            input_size=32, tokenizer=toy_tokenizer)
     # The three val splits, first sentence each (what the official mixed config validates on).
     assert val.mode == "val"
     assert [(val[i]["ref_id"], val[i]["sentence"]) for i in range(len(val))] == [

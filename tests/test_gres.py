@@ -20,7 +20,8 @@ from pycocotools import mask as coco_mask
 
 from detris.build import build_model
 from detris.cli import main
-from detris.data.datasets import GReferSegDataset, JsonlSegDataset, MixedReferDataset
+from detris.data.catalog import open_dataset
+from detris.data.datasets import GReferSegDataset, JsonlSegDataset
 from detris.data.grefer import GReferDataset
 from detris.data.synthetic import (
     COLORS,
@@ -150,14 +151,14 @@ def test_mixed_set_with_grefcoco(glayout):
     # The gRefCOCO writer shares the image folder layout; a REFER part from the same root.
     write_refer_layout(glayout.data_root, "refcoco", splits=SPLITS, seed=5, image_size=None, max_objects=4,
                        image_root=glayout.image_root)
-    mixed = MixedReferDataset(glayout.data_root, "val", image_root=glayout.image_root, input_size=INPUT_SIZE,
-                              tokenizer=toy_tokenizer, names=("refcoco", "grefcoco"))
+    mixed = open_dataset("mixed", glayout.data_root, "val", "val", glayout.image_root, input_size=INPUT_SIZE,
+                         tokenizer=toy_tokenizer, parts=("refcoco", "grefcoco"))
     assert mixed.generalized and [p.name for p in mixed.parts] == ["refcoco", "grefcoco"]
     items = [mixed[i] for i in range(len(mixed))]
     assert {it["dataset"] for it in items} == {"refcoco", "grefcoco"}
     assert any(it["no_target"] for it in items) and not any(it["no_target"] for it in items if it["dataset"] == "refcoco")
-    assert not MixedReferDataset(glayout.data_root, "val", image_root=glayout.image_root, tokenizer=toy_tokenizer,
-                                 names=("refcoco",)).generalized
+    assert not open_dataset("mixed", glayout.data_root, "val", "val", glayout.image_root, tokenizer=toy_tokenizer,
+                            parts=("refcoco",)).generalized
 
 
 # ------------------------------------------------------------------------------------------ JSONL
@@ -295,13 +296,13 @@ def test_predict_cli_says_no_matching_object(tmp_path, capsys):
 
 
 def test_web_page_says_no_matching_object(tmp_path):
-    from detris.app import segment as app_segment
+    from detris.app import segment_upload
 
     model = random_tiny_model(INPUT_SIZE, no_target_head=True)
     with torch.no_grad():
         model.no_target_head.mlp[2].bias.fill_(20.0)
     cv2.imwrite(str(tmp_path / "img.png"), np.full((50, 70, 3), 90, np.uint8))
-    overlays, status = app_segment(Predictor(model, device="cpu"), str(tmp_path / "img.png"), "the purple star")
+    overlays, status = segment_upload(Predictor(model, device="cpu"), str(tmp_path / "img.png"), "the purple star")
     assert f"the purple star: {NO_MATCH} (no-target probability 1.00)" in status
     assert overlays[0][1] == f"the purple star ({NO_MATCH})"
 

@@ -47,7 +47,7 @@ __all__ = [
     "make_handler",
     "parse_expressions",
     "import_gradio",
-    "segment",
+    "segment_upload",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def _short(text: str, limit: int = _CAPTION_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
 
 
-def segment(
+def segment_upload(
     predictor: Predictor,
     image: None | str | os.PathLike,
     text: str | None,
@@ -235,7 +235,7 @@ def segment(
 def make_handler(
     predictor: Predictor, limits: DemoLimits = DemoLimits()
 ) -> Callable[..., tuple[list[tuple[Image.Image, str]], str]]:
-    """The Gradio event handler: `segment` with every refusal turned into a ``gr.Error``.
+    """The Gradio event handler: `segment_upload` with every refusal turned into a ``gr.Error``.
 
     ``gr.Error`` shows its message in the page (and reaches API clients) without a traceback; an
     unexpected exception is logged with its traceback and answered with a short message, so a bug hit
@@ -249,7 +249,7 @@ def make_handler(
     def segment_image(image: str | None, text: str | None, threshold: float | None = None):
         """Segment the object each line of ``text`` refers to in ``image``."""
         try:
-            return segment(predictor, image, text, threshold, limits)
+            return segment_upload(predictor, image, text, threshold, limits)
         except (ImageLoadError, ValueError, TypeError) as exc:
             raise gr.Error(_user_message(exc, image), **error_options) from None
         except Exception as exc:  # the server must keep serving
@@ -314,7 +314,7 @@ def _upload_component(gr: Any, **kwargs: Any) -> Any:
 
     ``gr.Image(type="filepath")`` opens the file with PIL during pre-processing, so a corrupt upload
     fails there with a generic error before the handler can explain it; this template of ``gr.Image``
-    (same page widget) skips that and lets `segment` report the problem.
+    (same page widget) skips that and lets `segment_upload` report the problem.
     """
 
     import gradio.component_meta as component_meta

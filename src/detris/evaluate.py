@@ -55,13 +55,11 @@ from .modeling import DETRIS
 from .postprocess import DEFAULT_THRESHOLD
 from .utils import resolve_device
 
-__all__ = ["EVAL_DATASETS", "GRES_METRIC_KEYS", "METRIC_KEYS", "PREDICTIONS_JSONL", "evaluate", "format_table",
+__all__ = ["GRES_METRIC_KEYS", "METRIC_KEYS", "PREDICTIONS_JSONL", "evaluate", "format_table",
            "json_safe"]
 
 PathLike = str | os.PathLike
 
-#: Dataset names `run_eval_command` advertises (any name of `detris.data.refer.DATASETS` works).
-EVAL_DATASETS: tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google", "grefcoco")
 #: Metric keys in table/JSON order.
 METRIC_KEYS: tuple[str, ...] = ("mIoU", "oIoU", *PR_KEYS)
 #: The same for generalized sets (gRefCOCO).
@@ -350,7 +348,7 @@ def evaluate(
     if generalized is None:
         generalized = bool(getattr(dataset, "generalized", False))
     scores = _Scores(gres=GresMeter() if generalized else None)
-    options = {"threshold": threshold, "dtype": dtype, "one_at_a_time": batch_invariant}
+    options = {"threshold": threshold, "dtype": dtype, "batch_invariant": batch_invariant}
     model.to(dev)
     start = time.perf_counter()
     try:

@@ -44,19 +44,19 @@ def prepare_image(rgb: np.ndarray, input_size: int) -> tuple[Tensor, Letterbox]:
 
 
 def forward_logits(
-    model: DETRIS, images: Tensor, tokens: Tensor, one_at_a_time: bool = False
+    model: DETRIS, images: Tensor, tokens: Tensor, batch_invariant: bool = False
 ) -> DetrisOutput:
     """``images (N, 3, S, S)``, ``tokens (N, L)`` -> the model's `DetrisOutput`: logits ``(N, 1, h, w)``
     and the no-target logits ``(N,)`` (None for a model without a no-target head).
 
-    ``one_at_a_time``: a forward per sample, so that every op rounds as in the official batch-1 test
+    ``batch_invariant``: a forward per sample, so that every op rounds as in the official batch-1 test
     loop (kernels chosen by shape round differently at other batch sizes).
     """
     weight_dtype = next(model.parameters()).dtype
     if images.dtype != weight_dtype:
         # A model cast to bf16 / fp16 (``model.to(torch.bfloat16)``) takes inputs of its own dtype.
         images = images.to(weight_dtype)
-    if not one_at_a_time:
+    if not batch_invariant:
         return model(images, tokens)
     parts = [model(images[i : i + 1], tokens[i : i + 1]) for i in range(images.shape[0])]
     no_target = [p.no_target_logits for p in parts if p.no_target_logits is not None]
@@ -99,7 +99,7 @@ def segment(
     letterboxes: Sequence[Letterbox],
     threshold: float = DEFAULT_THRESHOLD,
     dtype: torch.dtype | None = None,
-    one_at_a_time: bool = False,
+    batch_invariant: bool = False,
 ) -> Segmentation:
     """Probability maps, masks and no-target decisions at the original image sizes for prepared inputs.
 
@@ -112,13 +112,13 @@ def segment(
         threshold: probability threshold (``prob > threshold``; official 0.35).
         dtype: ``torch.bfloat16`` / ``torch.float16`` for the vision tower (``DETRIS.low_precision``);
             None = float32, the protocol.
-        one_at_a_time: see `forward_logits`.
+        batch_invariant: see `forward_logits`.
     """
     was_training = model.training
     model.eval()
     try:
         with model.low_precision(dtype):
-            logits, nt_logits = forward_logits(model, images, tokens, one_at_a_time)
+            logits, nt_logits = forward_logits(model, images, tokens, batch_invariant)
     finally:
         model.train(was_training)
     # Per sample inside: the same float ops whatever else the batch holds.

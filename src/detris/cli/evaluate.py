@@ -11,9 +11,16 @@ from typing import Any
 
 import torch
 
+from ..data.catalog import (
+    DATASET_NAMES,
+    EVAL_DATASET_NAMES,
+    MIXED,
+    dataset_folder,
+    load_annotations,
+    segmentation_dataset,
+)
 from ..data.images import ImageLoadError
 from ..evaluate import (
-    EVAL_DATASETS,
     GRES_METRIC_KEYS,
     METRIC_KEYS,
     PREDICTIONS_JSONL,
@@ -74,24 +81,16 @@ def _image_root(args: argparse.Namespace) -> Path:
 
 def _read_annotations(args: argparse.Namespace) -> Any:
     """The REFER / gRefCOCO annotation set; a missing file's error ends with the command that fetches it."""
-    from ..data.grefer import GREFCOCO_FOLDER, GReferDataset
-    from ..data.refer import DATASETS, load_refer
-
-    try:  # both loaders raise FileNotFoundError naming the missing file (and the expected layout)
-        if args.dataset == GREFCOCO_FOLDER:
-            return GReferDataset(args.data_root)
-        return load_refer(args.data_root, args.dataset)
+    try:  # the loaders raise FileNotFoundError naming the missing file (and the expected layout)
+        return load_annotations(args.dataset, args.data_root)
     except FileNotFoundError as err:
-        folder = GREFCOCO_FOLDER if args.dataset == GREFCOCO_FOLDER else DATASETS[args.dataset].folder
+        folder = dataset_folder(args.dataset)
         raise FileNotFoundError(f"{err}\nfetch it: {download_command(folder, args.data_root)}") from None
 
 
 def _load_split(args: argparse.Namespace, cfg: Any) -> tuple[str, Any]:
     """The split as a test-mode dataset and its ``split_by``; every data error raised before the model
     is loaded."""
-    from ..data.datasets import GReferSegDataset, ReferSegDataset
-    from ..data.grefer import GREFCOCO_FOLDER
-
     source = _read_annotations(args)
     source.ref_ids(args.split)  # unknown split -> ValueError listing the available ones
     image_root = _image_root(args)
@@ -100,12 +99,11 @@ def _load_split(args: argparse.Namespace, cfg: Any) -> tuple[str, Any]:
             f"--image-root {image_root} is not a folder; it must hold the images named by 'file_name' in "
             f"{source.instances_path} (COCO train2014 for RefCOCO/+/g and gRefCOCO)"
         )
-    kind = GReferSegDataset if args.dataset == GREFCOCO_FOLDER else ReferSegDataset
-    dataset = kind(
+    dataset = segmentation_dataset(
         source,
         args.split,
-        mode="test",  # every sentence of every ref, as the official test loop
-        image_root=image_root,
+        "test",  # every sentence of every ref, as the official test loop
+        image_root,
         input_size=cfg.image_size,
         word_len=cfg.word_len,
         skip_bad=bool(args.skip_bad),
@@ -185,14 +183,12 @@ def run_eval_command(args: argparse.Namespace) -> int:
     Returns:
         0 on success (errors are raised: ``FileNotFoundError`` / ``ValueError`` with a clear message).
     """
-    from ..data.refer import DATASETS
-
     if int(args.batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if int(args.workers) < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.dataset not in EVAL_DATASETS and args.dataset not in DATASETS:
-        raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {', '.join(EVAL_DATASETS)}")
+    if args.dataset not in DATASET_NAMES or args.dataset == MIXED:
+        raise ValueError(f"unknown --dataset {args.dataset!r}; choose one of {', '.join(EVAL_DATASET_NAMES)}")
     device = resolve_device(args.device)
     model_dir = resolve_model_dir(str(args.model), args.word_len)
     cfg = read_model_dir(model_dir).config

@@ -1,6 +1,7 @@
 """Data: REFER annotations, image loading, the official letterbox transforms and torch datasets."""
 
-from .datasets import MIXED_DATASETS, JsonlSegDataset, MixedReferDataset, ReferSegDataset, collate
+from .catalog import DATASET_NAMES, MIXED_DEFAULT, load_annotations, open_dataset
+from .datasets import JsonlSegDataset, MixedReferDataset, ReferSegDataset, collate
 from .images import ImageLoadError, ImageNotFoundError, load_image
 from .refer import (
     DATASETS,
@@ -26,7 +27,10 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DATASETS",
-    "MIXED_DATASETS",
+    "MIXED_DEFAULT",
+    "DATASET_NAMES",
+    "load_annotations",
+    "open_dataset",
     "REFER_LAYOUT",
     "ImageLoadError",
     "ImageNotFoundError",

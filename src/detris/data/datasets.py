@@ -56,13 +56,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .grefer import GREFCOCO_FOLDER, GReferDataset
+from .grefer import GReferDataset
 from .images import ImageLoadError, load_image
-from .refer import ReferDataset, load_refer, segmentation_to_mask
+from .refer import ReferDataset, segmentation_to_mask
 from .transforms import Letterbox, normalize_image
 
 __all__ = [
-    "MIXED_DATASETS",
     "GReferSegDataset",
     "JsonlSegDataset",
     "MixedReferDataset",
@@ -75,8 +74,6 @@ PathLike = str | os.PathLike
 Tokenizer = Callable[..., torch.Tensor]
 
 _MODES = ("train", "val", "test")
-#: The datasets of the official "mixed" training set, in the order tools/mix.py concatenates them.
-MIXED_DATASETS: tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd")
 
 
 @dataclass(frozen=True)
@@ -371,7 +368,7 @@ class GReferSegDataset(ReferSegDataset):
 
 class MixedReferDataset(Dataset):
     """The official "mixed" set of the DETRIS-L* config: RefCOCO (unc) + RefCOCO+ (unc) + RefCOCOg (umd),
-    optionally with gRefCOCO (``names=(*MIXED_DATASETS, "grefcoco")``).
+    optionally with gRefCOCO (``open_dataset("mixed", ..., parts=(*MIXED_DEFAULT, "grefcoco"))``).
 
     ``split='train'`` concatenates the three train splits (42404 + 42278 + 42226 = 126908 refs upstream);
     ``split='val'`` concatenates the three ``val`` splits (3811 + 3805 + 2573 = 10189 refs), which is what
@@ -380,17 +377,16 @@ class MixedReferDataset(Dataset):
     With a gRefCOCO part the set is ``generalized`` (scored with the GRES metrics).
 
     Args:
-        source: ``DATA_ROOT`` (the parts named by ``names`` are loaded from it) or loaded `ReferDataset` /
-            `GReferDataset` objects.
+        sources: the parts, loaded `ReferDataset` / `GReferDataset` objects (by name from a data root:
+            ``detris.data.catalog.open_dataset("mixed", ...)``).
         split: ``train`` or ``val`` (any split all parts have works).
         mode: as in `ReferSegDataset`; defaults to ``train`` for the train split and ``val`` otherwise.
-        names: the parts to load from a ``DATA_ROOT``: REFER dataset names and ``grefcoco``.
         Other arguments: as in `ReferSegDataset`.
     """
 
     def __init__(
         self,
-        source: PathLike | Sequence[ReferDataset | GReferDataset],
+        sources: Sequence[ReferDataset | GReferDataset],
         split: str = "train",
         mode: str | None = None,
         image_root: PathLike = ".",
@@ -400,13 +396,7 @@ class MixedReferDataset(Dataset):
         seed: int = 0,
         skip_bad: bool = False,
         empty_sentences: str = "error",
-        names: Sequence[str] = MIXED_DATASETS,
     ) -> None:
-        sources: list[ReferDataset | GReferDataset]
-        if isinstance(source, (str, os.PathLike)):
-            sources = [GReferDataset(source) if name == GREFCOCO_FOLDER else load_refer(source, name) for name in names]
-        else:
-            sources = list(source)
         mode = mode or ("train" if split == "train" else "val")
         tokenizer = tokenizer if tokenizer is not None else _default_tokenizer()
         self.split = split

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from ..data.catalog import DATASET_NAMES, MIXED, MIXED_DEFAULT
 from ..fetch.sources import SOURCES
 from ..precision import precision_name
 
@@ -34,13 +35,13 @@ __all__ = [
     "config_to_dict",
 ]
 
-#: Dataset names a config may name (``mixed`` = the official RefCOCO + RefCOCO+ + RefCOCOg-umd set).
-DATASETS = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google", "refcoco_google", "grefcoco", "mixed",
-            "synthetic")
+#: Dataset names a config may name: the catalog's (REFER sets, gRefCOCO, ``mixed`` = the official
+#: RefCOCO + RefCOCO+ + RefCOCOg-umd set by default) and the procedural ``synthetic`` scenes.
+DATASETS = (*DATASET_NAMES, "synthetic")
 #: The datasets that can be parts of ``mixed``.
-_MIXABLE = tuple(n for n in DATASETS if n not in ("mixed", "synthetic"))
-#: The parts of ``mixed`` by default: the official mixed set (RefCOCO + RefCOCO+ + RefCOCOg umd).
-_OFFICIAL_MIXED = ["refcoco", "refcoco+", "refcocog_umd"]
+_MIXABLE = tuple(n for n in DATASET_NAMES if n != MIXED)
+#: The parts of ``mixed`` by default: the official mixed set.
+_OFFICIAL_MIXED = list(MIXED_DEFAULT)
 #: ``train.lr_schedule`` values: ``multistep`` (official, per epoch), ``cosine`` (per step, by progress).
 SCHEDULES = ("multistep", "cosine")
 
@@ -199,7 +200,7 @@ class RunConfig:
             _check_bundled_geometry(m, bundled[0])
         if d.dataset not in DATASETS:
             raise ConfigError(f"data.dataset: unknown dataset {d.dataset!r}; choose one of {list(DATASETS)}")
-        if d.dataset == "mixed" and (not d.mixed or any(n not in _MIXABLE for n in d.mixed)):
+        if d.dataset == MIXED and (not d.mixed or any(n not in _MIXABLE for n in d.mixed)):
             raise ConfigError(f"data.mixed: parts must be some of {list(_MIXABLE)}, got {d.mixed}")
         s_cfg = d.synthetic
         if s_cfg.multi_target_refs < 0 or s_cfg.no_target_refs < 0:

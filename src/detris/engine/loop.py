@@ -22,9 +22,8 @@ from torch.utils.data import DataLoader
 
 from ..build import build_model
 from ..bundled import tiny_tower_paths
-from ..data.datasets import GReferSegDataset, MixedReferDataset, ReferSegDataset, collate
-from ..data.grefer import GREFCOCO_FOLDER, GReferDataset
-from ..data.refer import load_refer
+from ..data.catalog import GREFCOCO, open_datasets
+from ..data.datasets import collate
 from ..evaluate import GRES_METRIC_KEYS, METRIC_KEYS, evaluate
 from ..modeling import DETRIS
 from ..precision import autocast, autocast_dtype
@@ -86,33 +85,25 @@ def _synthetic_root(cfg: RunConfig, run_dir: Path, info: DistInfo) -> Path:
     return root
 
 
-def _split_datasets(source: Any, d: Any, image_root: Path, common: dict[str, Any]) -> tuple[Any, Any]:
-    """(train, val) of a loaded REFER or gRefCOCO annotation set."""
-    kind = GReferSegDataset if isinstance(source, GReferDataset) else ReferSegDataset
-    return (kind(source, d.train_split, "train", image_root, **common),
-            kind(source, d.val_split, "val", image_root, **common))
-
-
 def build_datasets(cfg: RunConfig, run_dir: Path, info: DistInfo, input_size: int, word_len: int) -> tuple[Any, Any]:
     """(train, val) datasets of the config; missing files raise FileNotFoundError naming them."""
     d = cfg.data
     common: dict[str, Any] = dict(input_size=input_size, word_len=word_len, seed=cfg.train.seed,
                                   skip_bad=d.skip_bad)
+    splits = [(d.train_split, "train"), (d.val_split, "val")]
     if d.dataset == "synthetic":
         root = _synthetic_root(cfg, run_dir, info)
-        source = GReferDataset(root) if d.synthetic.generalized else load_refer(root, "refcoco")
-        return _split_datasets(source, d, root / "images", common)
+        name = GREFCOCO if d.synthetic.generalized else "refcoco"
+        train_ds, val_ds = open_datasets(name, root, root / "images", splits, **common)
+        return train_ds, val_ds
     # RunConfig.validate guarantees both roots for every dataset but the synthetic one.
     data_root, image_root = Path(str(d.data_root)), Path(str(d.image_root))
     if not data_root.is_dir():
         raise FileNotFoundError(f"data.data_root {d.data_root} does not exist")
     if not image_root.is_dir():
         raise FileNotFoundError(f"data.image_root {d.image_root} does not exist (the COCO train2014 images)")
-    if d.dataset == "mixed":
-        return (MixedReferDataset(data_root, d.train_split, "train", image_root, names=d.mixed, **common),
-                MixedReferDataset(data_root, d.val_split, "val", image_root, names=d.mixed, **common))
-    source = GReferDataset(data_root) if d.dataset == GREFCOCO_FOLDER else load_refer(data_root, d.dataset)
-    return _split_datasets(source, d, image_root, common)
+    train_ds, val_ds = open_datasets(d.dataset, data_root, image_root, splits, parts=d.mixed, **common)
+    return train_ds, val_ds
 
 
 def _backbone_files(cfg: RunConfig) -> dict[str, str | None]:
