@@ -231,38 +231,78 @@ def test_global_batches_do_not_depend_on_the_split():
 
 
 # ------------------------------------------------------------------------------------------ resume
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_resume_auto_starts_fresh_then_resumes(tmp_path):
+    """One command for the first start and every restart: it says on stdout which it did."""
+    from detris.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", str(CONFIGS / "synthetic-tiny.yaml"), "--resume", "auto"]
+    for item in TINY + [f"output.dir={run}", "train.evaluate=false", "train.num_threads=1",
+                        "output.tensorboard=false"]:
+        args += ["--set", item]
+    fresh = subprocess.run([sys.executable, "-m", "detris.cli", *args, "--set", "train.max_steps=1"],
+                           env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert fresh.stdout.splitlines()[0] == f"detris train: no checkpoint in {run / 'checkpoints'}; starting fresh " \
+                                           "(--resume auto)"
+    again = subprocess.run([sys.executable, "-m", "detris.cli", *args, "--set", "train.max_steps=2"],
+                           env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.splitlines()[0] == \
+        f"detris train: resuming from {run / 'checkpoints' / 'last.pt'} (epoch 0, global step 1)"
+    # A named checkpoint must exist: only "auto" may start fresh.
+    assert main(["train", str(CONFIGS / "synthetic-tiny.yaml"), "--set", f"output.dir={tmp_path / 'other'}",
+                 "--resume", str(tmp_path / "nothing.pt")]) == 2
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    common = ["train.epochs=3", "train.evaluate=false", "train.save_every_steps=1"]
-    ref = _run_train(tmp_path / "ref", common)
+def test_sigkill_then_the_same_command_resumes_exactly(tmp_path):
+    """A launcher reruns the same command (``--resume auto``) after a SIGKILL: the run resumes from the
+    checkpoint ``train.save_every_minutes`` wrote last, takes no step up to it again, and ends with
+    the weights of an uninterrupted run."""
+    common = ["train.epochs=3", "train.evaluate=false", "train.save_every_minutes=0.002"]
+    ref = _run_train(tmp_path / "ref", common, resume="auto")
     assert ref.returncode == 0, ref.stderr[-3000:]
+    assert "starting fresh" in ref.stdout
 
     run = tmp_path / "killed"
-    proc = _run_train(run, common, wait=False)
+    proc = _run_train(run, common, resume="auto", wait=False)
     status = run / "checkpoints" / "last.json"
-    killed_at = None
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline and proc.poll() is None:
         if status.is_file():
             info = json.loads(status.read_text())
             if info["global_step"] >= 3 and info["step_in_epoch"] > 0:
                 proc.send_signal(signal.SIGKILL)
-                killed_at = info
                 break
         time.sleep(0.01)
     proc.wait(timeout=30)
-    assert killed_at is not None, "the run finished before it could be killed mid-epoch"
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed mid-epoch"
     assert not (run / "summary.json").exists()
+    saved = json.loads(status.read_text())["global_step"]  # the checkpoint the restart finds
+    done = max(r["global_step"] for r in _records(run) if r["kind"] == "train")  # steps taken before the kill
 
     resumed = _run_train(run, common, resume="auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {run / 'checkpoints' / 'last.pt'} (epoch " in resumed.stdout
     a, b = _weights(tmp_path / "ref"), _weights(run)
     assert a.keys() == b.keys()
+    diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    print(f"killed after step {done} (last checkpoint: step {saved}); resumed to step "
+          f"{json.loads((run / 'summary.json').read_text())['global_step']}; max parameter difference {diff}")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    steps = [json.loads(l)["global_step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == json.loads((tmp_path / "ref" / "summary.json").read_text())["global_step"]
+    records = _records(run)
+    steps = [r["global_step"] for r in records if r["kind"] == "train"]
+    final = json.loads((tmp_path / "ref" / "summary.json").read_text())["global_step"]
+    assert steps == list(range(1, final + 1))  # every step recorded once, none up to the checkpoint redone
+    resumes = [r for r in records if r["kind"] == "resume"]
+    assert [(r["global_step"], r["steps_redone"]) for r in resumes] == [(saved, done - saved)]
+    assert records.index(resumes[0]) == steps.index(saved) + 1  # the restart continued right after it
 
 
 def test_non_finite_loss_stops_with_step(tmp_path, monkeypatch):
@@ -326,3 +366,36 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     params = [k for k in a if "running_" not in k and "num_batches" not in k]
     for k in params:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_ddp_validation_reports_what_the_saved_model_scores(tmp_path):
+    """Two gloo processes (no SyncBatchNorm on CPU: each rank's BatchNorm statistics drift apart) validate
+    with rank 0's statistics, so the metrics they report equal `detris eval` of the ``best/`` model
+    they saved, run in one process; only rank 0 prints the summary."""
+    run = tmp_path / "two"
+    # One sentence per ref: validation (first sentence) and `detris eval` (every sentence) score the same.
+    common = ["train.epochs=1", "train.max_steps=4", "train.evaluate=true", "data.synthetic.val_images=4",
+              "data.synthetic.max_expressions=1", "train.val_batch_size=2", "output.tensorboard=false",
+              "train.num_threads=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + [f"output.dir={run}"] + common:
+        cmd += ["--set", item]
+    two = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert len([line for line in two.stdout.splitlines() if line.startswith("detris train: done")]) == 1, two.stdout
+    reported = [r for r in _records(run) if r["kind"] == "val"][-1]
+
+    out = tmp_path / "eval.json"
+    ev = subprocess.run([sys.executable, "-m", "detris.cli", "eval", "--model", str(run / "best"), "--dataset",
+                         "refcoco", "--split", "val", "--data-root", str(run / "data"), "--image-root",
+                         str(run / "data" / "images"), "--device", "cpu", "--json", str(out)],
+                        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    scored = json.loads(out.read_text())
+    print(f"2 processes reported mIoU {reported['mIoU']:.6f} oIoU {reported['oIoU']:.6f}; "
+          f"detris eval of best/: mIoU {scored['mIoU']:.6f} oIoU {scored['oIoU']:.6f}")
+    assert reported["count"] == scored["expressions"]
+    for key in ("mIoU", "oIoU"):
+        assert reported[key] == pytest.approx(scored[key], abs=1e-6), key
