@@ -399,3 +399,26 @@ def test_ddp_validation_reports_what_the_saved_model_scores(tmp_path):
     assert reported["count"] == scored["expressions"]
     for key in ("mIoU", "oIoU"):
         assert reported[key] == pytest.approx(scored[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [1, 0], ids=["master-unreachable", "peer-never-starts"])
+def test_process_group_that_cannot_form_fails_in_time_with_the_fix(tmp_path, rank):
+    """Rank 1 told a master address where nobody listens, or rank 0 whose peer never starts: within
+    ``train.dist_timeout_s`` the run ends with one line naming the address, this host and the fix."""
+    port = _free_port()  # closed again: nobody listens there
+    env = dict(os.environ, OMP_NUM_THREADS="1", WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cmd = [sys.executable, "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + [f"output.dir={tmp_path / 'run'}", "train.dist_timeout_s=5", "train.device=cpu"]:
+        cmd += ["--set", item]
+    start = time.monotonic()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    last = done.stderr.strip().splitlines()[-1]
+    print(f"rank {rank}: exit {done.returncode} after {elapsed:.1f} s: {last}")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert last.startswith(f"detris train: error: rank {rank} of 2 could not form the process group with the "
+                           f"master 127.0.0.1:{port} within train.dist_timeout_s=5 s (this host: {socket.gethostname()}; ")
+    assert "--local-addr" in last and "GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME" in last
+    assert elapsed < 5 + 40  # the timeout, plus starting Python and torch on a busy machine

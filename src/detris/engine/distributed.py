@@ -85,7 +85,7 @@ def _join_group(backend: str, rank: int, world: int, timeout_s: float) -> None:
 def _rendezvous_failure(rank: int, world: int, timeout_s: float, err: BaseException) -> str:
     """One line: the address tried, this host, what went wrong and the fix."""
     master = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__).rstrip(".")
     return (
         f"rank {rank} of {world} could not form the process group with the master {master} within "
         f"train.dist_timeout_s={timeout_s:g} s (this host: {socket.gethostname()}; {type(err).__name__}: "
