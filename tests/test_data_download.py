@@ -565,7 +565,7 @@ def _download_offline(root: Path, cache: Path) -> subprocess.CompletedProcess:
 def test_grefcoco_comes_from_the_hub_cache_checked_against_its_sha256(tmp_path):
     pytest.importorskip("huggingface_hub")
     from detris.data import synthetic
-    from detris.data.grefer import GReferDataset
+    from detris.data.grefer import GReferAnnotations
 
     lay = synthetic.write_grefcoco_layout(tmp_path / "made", splits={"train": 1, "val": 1}, seed=2)
     files = {p.name: p.read_bytes() for p in lay.instances_path.parent.iterdir()}
@@ -577,7 +577,7 @@ def test_grefcoco_comes_from_the_hub_cache_checked_against_its_sha256(tmp_path):
     assert {n: (installed / n).read_bytes() for n in files} == files
     assert json.loads((installed / MARKER).read_text())["sources"] == {
         f"grefcoco/{n}": _sha(d) for n, d in files.items()}
-    assert len(GReferDataset(tmp_path / "data").refs) == len(json.loads(files["grefs(unc).json"]))
+    assert len(GReferAnnotations(tmp_path / "data").refs) == len(json.loads(files["grefs(unc).json"]))
 
     # A cached file whose content is not what the Hub recorded is refused (and dropped from the cache).
     _hub_cache(tmp_path / "bad", files, corrupt="instances.json")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from detris.data.grefer import GReferDataset
+from detris.data.grefer import GReferAnnotations
 
 H, W = 20, 30
 
@@ -64,7 +64,7 @@ def write_layout(root: Path, refs: list = REFS, as_pickle: bool = False, instanc
 
 @pytest.mark.parametrize("as_pickle", [False, True], ids=["json", "pickle"])
 def test_targets_unions_and_no_target(tmp_path, as_pickle):
-    ds = GReferDataset(write_layout(tmp_path, as_pickle=as_pickle))
+    ds = GReferAnnotations(write_layout(tmp_path, as_pickle=as_pickle))
     assert np.array_equal(ds.get_mask(0), MASKS[1])  # an int ann_id
     assert np.array_equal(ds.get_mask(1), MASKS[1] | MASKS[2])  # the union of two targets
     assert ds.is_no_target(2) and not ds.get_mask(2).any() and ds.get_mask(2).shape == (H, W)
@@ -82,19 +82,19 @@ def test_bad_refs_are_named(tmp_path, change, words):
     refs = json.loads(json.dumps(REFS))
     change(refs)
     with pytest.raises(ValueError) as err:
-        GReferDataset(write_layout(tmp_path, refs))
+        GReferAnnotations(write_layout(tmp_path, refs))
     assert "grefs(unc).json" in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
 
 
 def test_malformed_json_and_missing_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"instances\.json: not valid JSON"):
-        GReferDataset(write_layout(tmp_path / "a", instances="{not json"))
+        GReferAnnotations(write_layout(tmp_path / "a", instances="{not json"))
     root = write_layout(tmp_path / "b")
     (root / "grefcoco" / "grefs(unc).json").write_text("[{")
     with pytest.raises(ValueError, match=r"grefs\(unc\)\.json: not valid JSON"):
-        GReferDataset(root)
+        GReferAnnotations(root)
     (root / "grefcoco" / "grefs(unc).json").unlink()
     with pytest.raises(FileNotFoundError, match=r"grefs\(unc\)"):
-        GReferDataset(root)
+        GReferAnnotations(root)
     with pytest.raises(ValueError, match="no split 'testB'"):
-        GReferDataset(write_layout(tmp_path / "c")).ref_ids("testB")
+        GReferAnnotations(write_layout(tmp_path / "c")).ref_ids("testB")

@@ -22,7 +22,7 @@ from detris.build import build_model
 from detris.cli import main
 from detris.data.catalog import open_dataset
 from detris.data.datasets import GReferSegDataset, JsonlSegDataset
-from detris.data.grefer import GReferDataset
+from detris.data.grefer import GReferAnnotations
 from detris.data.synthetic import (
     COLORS,
     SHAPES,
@@ -129,7 +129,7 @@ def test_grefcoco_layout_reads_back(glayout, tmp_path):
     truth = _truth(glayout)
     kinds = [len(t["ref"]["ann_id"]) if not t["no_target"] else 0 for t in truth.values()]
     assert kinds.count(0) == 2 * sum(SPLITS.values()) and any(k >= 2 for k in kinds)
-    ds = GReferSegDataset(GReferDataset(glayout.data_root), "val", image_root=glayout.image_root,
+    ds = GReferSegDataset(GReferAnnotations(glayout.data_root), "val", image_root=glayout.image_root,
                           input_size=INPUT_SIZE, tokenizer=toy_tokenizer)
     assert ds.generalized and ds.mode == "test"
     assert len(ds) == sum(len(t["ref"]["sentences"]) for t in truth.values() if t["ref"]["split"] == "val")
@@ -334,7 +334,7 @@ def test_eval_grefcoco_end_to_end_recomputes(glayout, tmp_path, capsys, head):
     if head:  # centre the random head's logits on this split so that it answers both ways
         from detris.pretrained import from_pretrained
         model = from_pretrained(model_dir).eval()
-        ds = GReferSegDataset(GReferDataset(glayout.data_root), "val", image_root=glayout.image_root,
+        ds = GReferSegDataset(GReferAnnotations(glayout.data_root), "val", image_root=glayout.image_root,
                               input_size=INPUT_SIZE)
         items = [ds[i] for i in range(len(ds))]
         with torch.no_grad():

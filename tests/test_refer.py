@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detris.data.refer import (
-    ReferDataset,
+    ReferAnnotations,
     UnsafePickleError,
     load_refer,
     safe_load_pickle,
@@ -239,6 +239,6 @@ def test_segmentation_to_mask_forms_and_errors():
 
 def test_repr_and_class(fx):
     refer = load_refer(fx.data_root, "refcocog_umd")
-    assert isinstance(refer, ReferDataset)
+    assert isinstance(refer, ReferAnnotations)
     assert "refcocog_umd" in repr(refer) and "umd" in repr(refer)
     assert refer.image_path(21, fx.image_root) == fx.image_path(14)

@@ -17,7 +17,7 @@ import yaml
 
 from .bundled import packaged_config
 from .data.datasets import ReferSegDataset
-from .data.refer import ReferDataset, load_refer
+from .data.refer import ReferAnnotations, load_refer
 from .data.synthetic import Scene, SyntheticScenes
 from .evaluate import METRIC_KEYS, evaluate
 from .metrics import PR_KEYS
@@ -43,7 +43,7 @@ def write_overlays(model: DETRIS, scenes: list[Scene], out_dir: Path, max_items:
     return paths
 
 
-def score_held_out(model: DETRIS, refer: ReferDataset, image_root: Path, batch_size: int,
+def score_held_out(model: DETRIS, refer: ReferAnnotations, image_root: Path, batch_size: int,
                    progress: bool = True) -> dict | None:
     """Score ``model`` on the synthetic set's ``test`` split with the official test protocol (every
     sentence of every ref): ``{mIoU, oIoU, Pr@50..90, expressions, scenes}``, or None when the set has no

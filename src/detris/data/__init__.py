@@ -6,7 +6,7 @@ from .images import ImageLoadError, ImageNotFoundError, load_image
 from .refer import (
     DATASETS,
     REFER_LAYOUT,
-    ReferDataset,
+    ReferAnnotations,
     SafeUnpickler,
     UnsafePickleError,
     load_refer,
@@ -36,7 +36,7 @@ __all__ = [
     "ImageNotFoundError",
     "JsonlSegDataset",
     "MixedReferDataset",
-    "ReferDataset",
+    "ReferAnnotations",
     "ReferSegDataset",
     "SafeUnpickler",
     "UnsafePickleError",

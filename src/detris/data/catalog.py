@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .datasets import GReferSegDataset, MixedReferDataset, ReferSegDataset
-from .grefer import GREFCOCO_FOLDER, GReferDataset
+from .grefer import GREFCOCO_FOLDER, GReferAnnotations
 from .refer import DATASETS as REFER_DATASETS
-from .refer import ReferDataset, load_refer
+from .refer import ReferAnnotations, load_refer
 
 __all__ = ["GREFCOCO", "MIXED", "MIXED_DEFAULT", "DATASET_NAMES", "EVAL_DATASET_NAMES", "dataset_folder",
            "load_annotations", "segmentation_dataset", "open_datasets", "open_dataset"]
@@ -34,7 +34,7 @@ DATASET_NAMES: tuple[str, ...] = (*REFER_DATASETS, GREFCOCO, MIXED)
 #: The names the official protocol evaluates on (listed by ``detris eval --help``).
 EVAL_DATASET_NAMES: tuple[str, ...] = ("refcoco", "refcoco+", "refcocog_umd", "refcocog_google", GREFCOCO)
 
-Annotations = ReferDataset | GReferDataset
+Annotations = ReferAnnotations | GReferAnnotations
 
 
 def _check_name(name: str, allow_mixed: bool = False) -> None:
@@ -57,7 +57,7 @@ def load_annotations(name: str, data_root: str | os.PathLike) -> Annotations:
         FileNotFoundError: a missing file, named with the expected layout.
     """
     _check_name(name)
-    return GReferDataset(data_root) if name == GREFCOCO else load_refer(data_root, name)
+    return GReferAnnotations(data_root) if name == GREFCOCO else load_refer(data_root, name)
 
 
 def segmentation_dataset(annotations: Annotations, split: str, mode: str, image_root: str | os.PathLike,
@@ -65,7 +65,7 @@ def segmentation_dataset(annotations: Annotations, split: str, mode: str, image_
     """The torch dataset of one split of loaded annotations: `GReferSegDataset` for gRefCOCO (targets may
     be several objects or none), `ReferSegDataset` otherwise. ``options``: ``input_size``, ``word_len``,
     ``seed``, ``skip_bad``, ... of `ReferSegDataset`."""
-    kind = GReferSegDataset if isinstance(annotations, GReferDataset) else ReferSegDataset
+    kind = GReferSegDataset if isinstance(annotations, GReferAnnotations) else ReferSegDataset
     return kind(annotations, split, mode, image_root, **options)  # type: ignore[arg-type]
 
 

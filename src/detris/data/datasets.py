@@ -56,9 +56,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .grefer import GReferDataset
+from .grefer import GReferAnnotations
 from .images import ImageLoadError, load_image
-from .refer import ReferDataset, segmentation_to_mask
+from .refer import ReferAnnotations, segmentation_to_mask
 from .transforms import Letterbox, normalize_image
 
 __all__ = [
@@ -259,7 +259,7 @@ class ReferSegDataset(_ExpressionDataset):
     """Items of one split of a REFER dataset (RefCOCO / RefCOCO+ / RefCOCOg).
 
     Args:
-        refer: a loaded `ReferDataset` (see `load_refer`).
+        refer: a loaded `ReferAnnotations` (see `load_refer`).
         split: e.g. ``train``, ``val``, ``testA``, ``testB``, ``test``; unknown splits raise and list
             the available ones.
         mode: ``train`` | ``val`` | ``test`` (see the module docstring); defaults to ``train`` for the
@@ -276,7 +276,7 @@ class ReferSegDataset(_ExpressionDataset):
 
     def __init__(
         self,
-        refer: ReferDataset | GReferDataset,
+        refer: ReferAnnotations | GReferAnnotations,
         split: str,
         mode: str | None = None,
         image_root: PathLike = ".",
@@ -333,25 +333,25 @@ class GReferSegDataset(ReferSegDataset):
     the union of their masks) or none (an all-zero mask and ``no_target`` true).
 
     Args:
-        grefer: a loaded `detris.data.grefer.GReferDataset`.
+        grefer: a loaded `detris.data.grefer.GReferAnnotations`.
         split: ``train``, ``val``, ``testA`` or ``testB``; an unknown split raises and lists the others.
         Other arguments: as in `ReferSegDataset` (``mode`` defaults to ``train`` for the train split and
             ``test`` -- one item per sentence, ReLA's evaluation samples -- otherwise).
     """
 
     generalized = True
-    refer: GReferDataset
+    refer: GReferAnnotations
 
-    def __init__(self, grefer: GReferDataset, split: str, *args: Any, **kwargs: Any) -> None:
-        if not isinstance(grefer, GReferDataset):
-            raise TypeError(f"GReferSegDataset reads a GReferDataset, got {type(grefer).__name__}")
+    def __init__(self, grefer: GReferAnnotations, split: str, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(grefer, GReferAnnotations):
+            raise TypeError(f"GReferSegDataset reads a GReferAnnotations, got {type(grefer).__name__}")
         super().__init__(grefer, split, *args, **kwargs)
 
     def _is_no_target(self, ref_id: Any) -> bool:
         return self.refer.is_no_target(ref_id)
 
     @property
-    def grefer(self) -> GReferDataset:
+    def grefer(self) -> GReferAnnotations:
         return self.refer
 
     @property
@@ -377,7 +377,7 @@ class MixedReferDataset(Dataset):
     With a gRefCOCO part the set is ``generalized`` (scored with the GRES metrics).
 
     Args:
-        sources: the parts, loaded `ReferDataset` / `GReferDataset` objects (by name from a data root:
+        sources: the parts, loaded `ReferAnnotations` / `GReferAnnotations` objects (by name from a data root:
             ``detris.data.catalog.open_dataset("mixed", ...)``).
         split: ``train`` or ``val`` (any split all parts have works).
         mode: as in `ReferSegDataset`; defaults to ``train`` for the train split and ``val`` otherwise.
@@ -386,7 +386,7 @@ class MixedReferDataset(Dataset):
 
     def __init__(
         self,
-        sources: Sequence[ReferDataset | GReferDataset],
+        sources: Sequence[ReferAnnotations | GReferAnnotations],
         split: str = "train",
         mode: str | None = None,
         image_root: PathLike = ".",
@@ -403,7 +403,7 @@ class MixedReferDataset(Dataset):
         self.mode = mode
         self.parts: list[_ExpressionDataset] = []
         for src in sources:
-            kind = GReferSegDataset if isinstance(src, GReferDataset) else ReferSegDataset
+            kind = GReferSegDataset if isinstance(src, GReferAnnotations) else ReferSegDataset
             self.parts.append(kind(src, split, mode, image_root, input_size, word_len, tokenizer,  # type: ignore[arg-type]
                                    seed, skip_bad, empty_sentences))
         self.generalized = any(p.generalized for p in self.parts)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .refer import PathLike, read_coco_instances, safe_load_pickle, segmentation_to_mask
 
-__all__ = ["GREFCOCO_FOLDER", "NO_TARGET", "GReferDataset"]
+__all__ = ["GREFCOCO_FOLDER", "NO_TARGET", "GReferAnnotations"]
 
 GREFCOCO_FOLDER = "grefcoco"
 #: The ``ann_id`` list of a no-target ref.
@@ -41,14 +41,14 @@ def _load_refs(folder: Path, split_by: str) -> tuple[list[Any], Path]:
         raise ValueError(f"{json_path}: not valid JSON ({exc})") from None
 
 
-class GReferDataset:
+class GReferAnnotations:
     """One gRefCOCO annotation set, indexed: refs, their target annotations, union masks.
 
     Raises (at construction): FileNotFoundError for a missing file; ValueError naming the file and the
     ref for malformed refs (no sentences, an ann id or image id not in ``instances.json``).
     """
 
-    #: The name items carry in ``dataset`` (as `detris.data.refer.ReferDataset.dataset`).
+    #: The name items carry in ``dataset`` (as `detris.data.refer.ReferAnnotations.dataset`).
     dataset = GREFCOCO_FOLDER
 
     def __init__(self, data_root: PathLike, split_by: str = "unc") -> None:

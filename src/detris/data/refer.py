@@ -35,7 +35,7 @@ from pycocotools import mask as coco_mask
 __all__ = [
     "DATASETS",
     "REFER_LAYOUT",
-    "ReferDataset",
+    "ReferAnnotations",
     "SafeUnpickler",
     "UnsafePickleError",
     "load_refer",
@@ -421,7 +421,7 @@ def _check_ref(ref: dict[str, Any], i: int, path: Path) -> int:
     return ref_id
 
 
-class ReferDataset:
+class ReferAnnotations:
     """One REFER annotation set (a dataset + a split-by), indexed for lookup.
 
     Attributes:
@@ -543,12 +543,12 @@ class ReferDataset:
 
     def __repr__(self) -> str:
         return (
-            f"ReferDataset(dataset={self.dataset!r}, split_by={self.split_by!r}, refs={len(self.refs)}, "
+            f"ReferAnnotations(dataset={self.dataset!r}, split_by={self.split_by!r}, refs={len(self.refs)}, "
             f"images={len(self.images)}, data_root={str(self.data_root)!r})"
         )
 
 
-def load_refer(data_root: PathLike, dataset: str, split_by: str | None = None) -> ReferDataset:
+def load_refer(data_root: PathLike, dataset: str, split_by: str | None = None) -> ReferAnnotations:
     """Load one REFER dataset.
 
     Args:
@@ -561,4 +561,4 @@ def load_refer(data_root: PathLike, dataset: str, split_by: str | None = None) -
         FileNotFoundError: a file is missing; the message names it and shows the expected layout.
         UnsafePickleError: the refs file is not a plain-data pickle.
     """
-    return ReferDataset(data_root, dataset, split_by)
+    return ReferAnnotations(data_root, dataset, split_by)

@@ -387,10 +387,7 @@ def _too_many_values(data: Any, limit: int) -> bool:
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a YAML config, apply ``--set`` overrides, validate. Raises `ConfigError` / FileNotFoundError."""
-    try:
-        import yaml
-    except ImportError as err:  # pragma: no cover - pyyaml is in the train extra
-        raise ConfigError("reading configs needs pyyaml: pip install 'detris[train]'") from err
+    import yaml  # a core dependency; imported here so that `import detris` stays light
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")

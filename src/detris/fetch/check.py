@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.grefer import GReferDataset
+from ..data.grefer import GReferAnnotations
 from ..data.images import load_image
 from ..data.refer import load_refer
 from .install import MARKER, installed_files
@@ -111,7 +111,7 @@ def _check_annotations(report: CheckReport, root: Path, name: str) -> None:
             report.lines.append(f"  {refs_file}: missing {', '.join(p.name for p in absent)}")
             continue
         try:
-            source: Any = GReferDataset(root) if name == "grefcoco" else load_refer(root, loader_name)
+            source: Any = GReferAnnotations(root) if name == "grefcoco" else load_refer(root, loader_name)
         except Exception as exc:  # any failure of the hardened readers means "unusable": report, never raise
             report.add_missing(f"{folder / refs_file}: unreadable ({_first_line(exc, folder / refs_file)})", name)
             report.lines.append(f"  {refs_file}: unreadable")
@@ -189,7 +189,7 @@ def check_datasets(root: str | os.PathLike, names: list[str] | None = None, full
                    image_root: str | os.PathLike | None = None, sample: int = 20) -> CheckReport:
     """Check the datasets ``names`` (default: all) under ``root``; never raises on bad data.
 
-    Annotation sets are read with `detris.data.load_refer` / `GReferDataset`; the images they refer to
+    Annotation sets are read with `detris.data.load_refer` / `GReferAnnotations`; the images they refer to
     must be present (all are looked up) and decodable (``sample`` of them decoded, all with ``full``).
     """
     root = Path(root).expanduser()

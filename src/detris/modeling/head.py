@@ -73,15 +73,15 @@ def dynamic_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 # Input channels from which the head's units train at least as fast in the standard layout in float32:
-# oneDNN's channels-last weight gradient of wide 3x3 convolutions runs at about half speed on AVX2 CPUs
-# (and no faster than the standard one with AVX-512), while narrow maps gain more from channels-last
-# upsampling. Its bfloat16 convolutions are faster channels-last at every width.
+# oneDNN's channels-last weight gradient of wide 3x3 convolutions is the slower one on CPUs, while narrow
+# maps gain more from channels-last upsampling; its bfloat16 convolutions are faster channels-last at
+# every width (measured by benchmarks/head_layout.py; docs/benchmarks.md).
 _WIDE_CHANNELS = 512
 
 
 def training_layout(x: Tensor) -> torch.memory_format:
     """Memory layout in which to train the head's upsample + 3x3 convolution units on ``x`` (N, C, H, W):
-    on CPU channels-last for narrow maps or under bfloat16 autocast (1.25-1.7x faster units;
+    on CPU channels-last for narrow maps or under bfloat16 autocast (faster units there;
     ``benchmarks/head_layout.py``), else the standard layout; on GPUs the standard layout (not measured)."""
     if x.device.type != "cpu":
         return torch.contiguous_format

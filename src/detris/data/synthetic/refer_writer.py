@@ -152,7 +152,7 @@ def write_grefcoco_layout(
     split_by: str = "unc",
 ) -> ReferLayout:
     """Write synthetic scenes in the gRefCOCO layout: ``out_root/grefcoco/{instances.json,
-    grefs(<split_by>).json}`` and the images, as `detris.data.grefer.GReferDataset` reads them.
+    grefs(<split_by>).json}`` and the images, as `detris.data.grefer.GReferAnnotations` reads them.
 
     Every object is a single-target ref, as in `write_refer_layout` (same scenes for the same seed);
     each image adds up to ``multi_target_refs`` refs to several objects (``ann_id`` a list, sentences
