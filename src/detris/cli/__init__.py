@@ -119,11 +119,19 @@ WORD_LEN_HELP = ("token length of an official .pth the registry does not know (2
                  "default: the registry's, else 17)")
 
 
+def _dtype_name(name: str) -> str:
+    """A ``--dtype`` value with the short forms (``bf16``, ...) read as torch's names."""
+    from ..precision import ALIASES
+
+    return ALIASES.get(name, name)
+
+
 def _add_dtype_argument(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--dtype", default=default, choices=["auto", "float32", "bfloat16", "float16", "int8"],
+    p.add_argument("--dtype", default=default, type=_dtype_name,
+                   choices=["auto", "float32", "bfloat16", "float16", "int8"],
                    help=f"compute precision (default {default}); auto = bfloat16 where the CPU (avx512_bf16, "
                         "AMX) or GPU computes it natively, float32 elsewhere; float16 on a GPU only; int8: "
-                        "int8 vision-tower Linear layers, CPU only")
+                        "int8 vision-tower Linear layers, CPU only; fp32, bf16 and fp16 are read as the same")
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, required: bool) -> None:
