@@ -1,7 +1,9 @@
 """Helpers shared by the model benchmarks (``model_speed.py``, ``compare_official.py``).
 
 Nothing here is part of the library: machine description, timing, memory high-water marks, random
-weights at a realistic scale, inputs, tables and JSON. The scripts import it as a sibling module
+weights at a realistic scale, inputs, tables and JSON. What is measured comes from the library: the
+training step is `detris.engine.task.SegmentationTask` under `detris.precision.autocast`, mask
+agreement is `detris.metrics.intersection_union`. The scripts import this file as a sibling module
 (``python benchmarks/<script>.py`` puts this folder first on ``sys.path``).
 """
 
@@ -21,9 +23,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from detris.engine.task import SegmentationTask
+from detris.metrics import intersection_union
+from detris.precision import autocast, autocast_dtype
 
 # Sentences of the kind RefCOCO holds; token rows are built from them with the model's word_len.
 SENTENCES = (
@@ -362,6 +369,39 @@ def sample_masks(n: int, size: int, seed: int) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     field = F.interpolate(torch.randn(n, 1, 6, 6, generator=gen), size=(size, size), mode="bilinear")
     return (field > 0.5).float()
+
+
+# ------------------------------------------------------------------------------------------ measured
+def train_step_fn(model: nn.Module, images: Tensor, tokens: Tensor, masks: Tensor, precision: str = "float32",
+                  official: bool = False) -> Callable[[], None]:
+    """One training step of ``model`` on (images, tokens, masks): the engine's training task
+    (`SegmentationTask`: the model and its loss) under ``precision``'s autocast, backward (through a
+    GradScaler for float16, as the engine), Adam on the trainable parameters.
+
+    ``official``: ``model`` is the official implementation, whose forward returns (pred, mask, loss).
+    """
+    device_type = images.device.type
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    scaler = torch.amp.GradScaler(device_type, enabled=autocast_dtype(precision) == torch.float16)
+    task = model if official else SegmentationTask(model)  # type: ignore[arg-type]
+
+    def step() -> None:
+        with autocast(precision, device_type):
+            out = task(images, tokens, masks)
+        loss = out[2] if official else out.loss.total
+        scaler.scale(loss.float()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def mask_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two masks of the same image (`detris.metrics.intersection_union`); two empty masks agree
+    fully (1.0), where the official per-sample IoU would score 0."""
+    inter, union = intersection_union(a, b)
+    return 1.0 if union == 0 else inter / union
 
 
 # ------------------------------------------------------------------------------------------ output

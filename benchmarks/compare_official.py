@@ -3,8 +3,8 @@
 For each variant both models are built with identical weights (the official one from backbone files
 written in the official formats, then given every tensor of our state dict; see ``_official.py``) and:
 
-- **eval forward** and **training step** (forward, loss, backward, Adam on the trainable parameters)
-  are timed ALTERNATELY (ours, official, ours, official, ...), so that a change of machine load hits
+- **eval forward** and **training step** (the engine's training task: forward with loss, backward,
+  Adam on the trainable parameters; ``_bench.train_step_fn``) are timed ALTERNATELY (ours, official, ours, official, ...), so that a change of machine load hits
   both alike; the ratio is ours / official of the medians (and the median of the per-round ratios);
 - the **logits** of both (float32, eval) are compared: max abs difference, and the logits' spread;
 - the **peak RSS of a training step** of each is measured in a fresh subprocess (RSS high-water mark
@@ -39,7 +39,6 @@ from torch import Tensor, nn
 
 import _bench as B
 import _official as O
-from detris.engine.task import SegmentationTask
 
 HERE = os.path.abspath(__file__)
 
@@ -79,22 +78,6 @@ def checkpointed_step(model: nn.Module, step, scope: str):
     return run
 
 
-def train_step_fn(model: nn.Module, official: bool, images: Tensor, tokens: Tensor, masks: Tensor):
-    """One training step (forward with loss, backward, Adam on the trainable parameters)."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    # Ours: the engine's training task (model + the official BCE); official: (pred, mask, loss).
-    task = model if official else SegmentationTask(model)
-
-    def step() -> None:
-        out = task(images, tokens, masks)
-        loss = out[2] if official else out.loss.total
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
 # ------------------------------------------------------------------------------------------ memory
 def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Peak RSS of one training step of one implementation, in its own process."""
@@ -110,7 +93,7 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
             model.set_grad_checkpointing(True, scope=spec["checkpointing"])
     model.train()
     images, tokens, masks = data(spec["variant"], spec["batch"], spec["size"])
-    step = train_step_fn(model, spec["impl"] == "official", images, tokens, masks)
+    step = B.train_step_fn(model, images, tokens, masks, official=spec["impl"] == "official")
     step()  # allocates the optimizer state
     gc.collect()
     B.trim_heap()
@@ -158,8 +141,8 @@ def compare_variant(args, variant: str, workdir: str) -> dict[str, Any]:
     # --- training step: alternating timing
     if not args.skip_train:
         ours.train(), official.train()
-        steps = {"ours": train_step_fn(ours, False, images, tokens, masks),
-                 "official": train_step_fn(official, True, images, tokens, masks)}
+        steps = {"ours": B.train_step_fn(ours, images, tokens, masks),
+                 "official": B.train_step_fn(official, images, tokens, masks, official=True)}
         for scope in args.ours_checkpointing:
             steps[f"ours_ckpt_{scope}"] = checkpointed_step(ours, steps["ours"], scope)
         steps["official"] = steps.pop("official")  # keep the official step last in each round

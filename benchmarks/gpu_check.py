@@ -5,18 +5,20 @@ each has its own time budget and all share one overall deadline):
 
 - ``compare``: our DETRIS against the official implementation on the same random weights
   (``_official.py``): eval forward and training step (forward, loss, backward, Adam on the trainable
-  parameters) in fp32, bf16 autocast and fp16 autocast (with a GradScaler when training), timed
+  parameters; ``_bench.train_step_fn``) in float32, bfloat16 autocast and float16 autocast (with a
+  GradScaler when training; ``detris.precision.autocast``), timed
   alternately (ours, official, ours, ...) after warm-up with the device synchronised around every call,
   medians; the peak memory of every case with only that model on the device
-  (``torch.cuda.max_memory_allocated``, reset between cases); the fp32 logits' max abs difference.
+  (``torch.cuda.max_memory_allocated``, reset between cases); the float32 logits' max abs difference.
   Without ``--official`` the official side is skipped with a line saying so and ours is still timed.
-- ``microbatch``: the largest training micro-batch of the large variant (DETRIS-L) in fp32 and bf16,
+- ``microbatch``: the largest training micro-batch of the large variant (DETRIS-L) in float32 and bfloat16,
   found by doubling then bisecting, an out-of-memory error caught and the cache emptied after each try.
 - ``ddp``: a 2-step training run through the project's engine under ``torchrun --nproc_per_node 1``:
   once as ``detris train`` (at world size 1 the engine uses no process group) and once with the
-  engine's DDP path forced (process group, DDP wrapper, SyncBatchNorm, all-reduces) on nccl.
-- ``compile``: ``torch.compile`` on against off for our eval forward (fp32, bf16) and, when the budget
-  allows, our fp32 training step; the first call's time (the compilation) is reported apart.
+  engine's DDP path forced (process group, DDP wrapper, SyncBatchNorm, all-reduces) on nccl, through
+  ``detris.engine.loop.run_training``.
+- ``compile``: ``torch.compile`` on against off for our eval forward (float32, bfloat16) and, when the
+  budget allows, our float32 training step; the first call's time (the compilation) is reported apart.
 
 Random weights throughout (no pretrained files are needed). ``--device cuda`` (the default where a GPU
 exists) runs DETRIS-B at 448², batch 2; ``--device cpu`` runs every section at a tiny scale (detris-tiny,
@@ -55,12 +57,12 @@ import _bench as B
 import _official as O
 import compare_official as C
 from detris.engine.task import SegmentationTask
+from detris.precision import DTYPES, autocast, precision_name
 
 HERE = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(HERE))
 TINY_CONFIG = os.path.join(REPO, "configs", "synthetic-tiny.yaml")
 SECTIONS = ("compare", "microbatch", "ddp", "compile")
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 GIB = 2**30
 
 
@@ -103,11 +105,6 @@ def left(deadline: float) -> float:
     return deadline - time.monotonic()
 
 
-def autocast(precision: str, device: torch.device):
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
 def free(device: torch.device) -> None:
     """Drop garbage and, on a GPU, hand cached blocks back so the next case starts from what is live."""
     gc.collect()
@@ -118,30 +115,15 @@ def free(device: torch.device) -> None:
 
 def case_fn(model: nn.Module, official: bool, mode: str, precision: str, device: torch.device,
             batch: tuple[Tensor, Tensor, Tensor]) -> Callable[[], Any]:
-    """One eval forward or one training step (forward with loss, backward, Adam on the trainable
-    parameters, through a GradScaler in fp16) of ``model`` on ``batch`` = (images, tokens, masks)."""
+    """One eval forward or one training step (``_bench.train_step_fn``: the engine's training task,
+    backward, Adam, a GradScaler in float16) of ``model`` on ``batch`` = (images, tokens, masks)."""
     images, tokens, masks = batch
     if mode == "eval":
         def forward() -> Tensor:
-            with torch.no_grad(), autocast(precision, device):
+            with torch.no_grad(), autocast(precision, device.type):
                 return model(images, tokens)
         return forward
-
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-    # Ours: the engine's training task (model + the official BCE); official: (pred, mask, loss).
-    task = model if official else SegmentationTask(model)
-
-    def step() -> None:
-        with autocast(precision, device):
-            out = task(images, tokens, masks)
-        loss = out[2] if official else out.loss.total
-        scaler.scale(loss.float()).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+    return B.train_step_fn(model, images, tokens, masks, precision, official=official)
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
@@ -197,7 +179,7 @@ def compare_section(args: argparse.Namespace, scale: Scale, device: torch.device
     data = device_batch(variant, batch, size, device)
     if "official" in models:
         result["logits"] = logits_difference(models["ours"], models["official"], data)
-        print(f"  logits fp32: max |ours - official| {result['logits']['max_abs_diff']:.2e} "
+        print(f"  logits float32: max |ours - official| {result['logits']['max_abs_diff']:.2e} "
               f"(logit std {result['logits']['logits_std']:.2f})", flush=True)
     # The timings may use 70 % of what is left; the rest is kept for the memory measurements.
     timing_deadline = time.monotonic() + 0.7 * left(deadline)
@@ -316,7 +298,7 @@ def try_batch(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str
         tokens = B.sample_tokens(batch, model.word_len).to(device)
         masks = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
         saved = SavedTensorBytes()
-        with autocast(precision, device), saved:
+        with autocast(precision, device.type), saved:
             loss = SegmentationTask(model)(images, tokens, masks).loss.total
         loss.backward()
         optimizer.step()
@@ -373,8 +355,21 @@ def largest_fitting(fits: Callable[[int], dict[str, Any]], max_batch: int, deadl
     return {"largest": lo, "first_failure": hi, "exact": exact, "stopped": stop, "tries": tries}
 
 
+def search_check(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`largest_fitting` against stand-in limits, without a model (``--search-check``: the test suite
+    runs the script so). Each case: ``limit`` (the largest batch that fits), ``max_batch``, ``budget_s``
+    and ``try_s`` (what each try says it took)."""
+    results = []
+    for case in cases:
+        def fits(batch: int, case: dict[str, Any] = case) -> dict[str, Any]:
+            return {"batch": batch, "fits": batch <= case["limit"], "seconds": case.get("try_s", 0.0)}
+
+        results.append(largest_fitting(fits, case["max_batch"], time.monotonic() + case.get("budget_s", 60.0)))
+    return results
+
+
 def microbatch_section(args: argparse.Namespace, scale: Scale, device: torch.device, deadline: float) -> dict[str, Any]:
-    """Largest training micro-batch of the large variant, per precision (fp32, bf16)."""
+    """Largest training micro-batch of the large variant, per precision (float32, bfloat16)."""
     from detris import build_model
 
     torch.manual_seed(args.seed)
@@ -388,7 +383,7 @@ def microbatch_section(args: argparse.Namespace, scale: Scale, device: torch.dev
     if device.type != "cuda":
         result["note"] = ("CPU smoke run: a try 'does not fit' when the activations autograd saves exceed "
                           "the fake cap; no real out-of-memory is involved")
-    precisions = [p for p in ("fp32", "bf16") if p in args.precisions]
+    precisions = [p for p in ("float32", "bfloat16") if p in args.precisions]
     for i, precision in enumerate(precisions):
         share = time.monotonic() + left(deadline) / (len(precisions) - i)  # what is left, split evenly
 
@@ -503,8 +498,8 @@ def ddp_worker(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         probe = torch.full((1,), 1.0 + rank, device=device)
         dist.all_reduce(probe)
-        summary = loop._train(load_config(spec["config"], spec["overrides"]), None,
-                              ForcedDDP(rank, world, local, device))
+        summary = loop.run_training(load_config(spec["config"], spec["overrides"]),
+                                    ForcedDDP(rank, world, local, device))
         report = {"backend": dist.get_backend(), "world_size": dist.get_world_size(), "all_reduce": probe.item(),
                   "global_step": summary["global_step"], "stop_reason": summary["stop_reason"]}
         if spec["backend"] == "nccl":
@@ -517,8 +512,8 @@ def ddp_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ compile
 def compile_section(args: argparse.Namespace, scale: Scale, device: torch.device, deadline: float) -> dict[str, Any]:
-    """``torch.compile`` on against off for our eval forward (fp32, bf16) and, if the budget allows,
-    our fp32 training step; eager and compiled are timed alternately after the compiling call."""
+    """``torch.compile`` on against off for our eval forward (float32, bfloat16) and, if the budget
+    allows, our float32 training step; eager and compiled are timed alternately after the compiling call."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -526,7 +521,7 @@ def compile_section(args: argparse.Namespace, scale: Scale, device: torch.device
     data = device_batch(scale.variant, scale.batch, scale.size, device)
     result: dict[str, Any] = {"variant": scale.variant, "size": scale.size, "batch": scale.batch,
                               "backend": args.compile_backend, "cases": []}
-    plan = [("eval", p) for p in ("fp32", "bf16") if p in args.precisions] + [("train", "fp32")]
+    plan = [("eval", p) for p in ("float32", "bfloat16") if p in args.precisions] + [("train", "float32")]
     first_compile_s = 0.0
     for mode, precision in plan:
         row: dict[str, Any] = {"mode": mode, "precision": precision}
@@ -578,7 +573,7 @@ def dependency_version(name: str) -> str | None:
 
 
 def machine_facts(device: torch.device) -> dict[str, Any]:
-    """``_bench.machine_info`` plus the CUDA build, the GPU and the settings that change fp32 numbers."""
+    """``_bench.machine_info`` plus the CUDA build, the GPU and the settings that change float32 numbers."""
     info = B.machine_info(device)
     info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
                 else None, matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
@@ -614,7 +609,7 @@ def render_tables(payload: dict[str, Any]) -> str:
             B.print_table(f"Peak memory per case, GiB ({c['memory'][0].get('memory_kind', '-')})", c["memory"],
                           ["mode", "precision", "ours_peak_gib", "official_peak_gib", "ratio", "skipped"])
         if c.get("logits"):
-            B.print_table("Logits, fp32 eval", [c["logits"]], ["max_abs_diff", "logits_std", "logits_max_abs"])
+            B.print_table("Logits, float32 eval", [c["logits"]], ["max_abs_diff", "logits_std", "logits_max_abs"])
         mb = sections.get("microbatch", {})
         if mb.get("searches"):
             rows = []
@@ -690,7 +685,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cuda: the full check; cpu: every section at a tiny scale (a smoke run)")
     p.add_argument("--official", help="checkout of the official DETRIS code (without it, ours alone is timed)")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    p.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), default=["fp32", "bf16", "fp16"])
+    p.add_argument("--precisions", nargs="+", type=precision_name, choices=list(DTYPES), default=list(DTYPES),
+                   help="float32, bfloat16, float16 (fp32, bf16, fp16 are read as the same)")
     p.add_argument("--variant", help="model of the compare and compile sections (default: the device's scale)")
     p.add_argument("--size", type=int, help="square input side, a multiple of 14 (default: the device's scale)")
     p.add_argument("--batch", type=int, help="batch of the compare and compile sections")
@@ -705,6 +701,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", help="write the machine, the settings and every measurement here")
     p.add_argument("--table", help="write the markdown tables here (they are printed too)")
     p.add_argument("--ddp-worker", help=argparse.SUPPRESS)
+    p.add_argument("--search-check", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -729,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.ddp_worker:
         print(json.dumps(ddp_worker(json.loads(args.ddp_worker))), flush=True)
+        return 0
+    if args.search_check:
+        print(json.dumps(search_check(json.loads(args.search_check))), flush=True)
         return 0
     start = time.monotonic()
     scale = scale_for(args)

@@ -1,12 +1,12 @@
 """Model speed: eval latency / throughput, FLOP/s against the machine's dense-GEMM rate, training steps
-and their peak memory, and how far bf16 autocast masks are from float32 masks.
+and their peak memory, and how far bfloat16 autocast masks are from float32 masks.
 
 Random weights (drawn at a realistic scale by ``_bench.randomize_``), a fixed token length (the
 variant's ``word_len``, 17) and square inputs (``--size``, default 448). Sections:
 
 1. **GEMM limit**: FLOP/s of a dense square matmul in float32 and bfloat16 on the same device, in the
    same run (both operand layouts; the best is the practical limit).
-2. **Eval forward**: median latency per variant, precision (``fp32`` or ``bf16`` autocast) and batch
+2. **Eval forward**: median latency per variant, precision (``float32`` or ``bfloat16`` autocast) and batch
    size; throughput in images/s; FLOPs of one forward (``torch.utils.flop_counter.FlopCounterMode``,
    counted once per batch size) and the achieved FLOP/s as a share of the GEMM rate of the same dtype.
    That GEMM is timed right after every forward and the share is the median over these pairs: on a
@@ -14,14 +14,15 @@ variant's ``word_len``, 17) and square inputs (``--size``, default 448). Section
    once at the start would make the share meaningless.
 3. **Training step**: forward, loss, backward and an Adam step on the trainable parameters only (as
    training does), per precision, without gradient checkpointing and with each checkpointing scope
-   (``mlp``: the ViT MLPs' hidden layers; ``block``: whole backbone blocks).
+   (``mlp``: the ViT MLPs' hidden layers; ``block``: whole backbone blocks); the step is
+   ``_bench.train_step_fn`` (the engine's training task under ``detris.precision.autocast``).
    Each configuration runs in a fresh subprocess, so that its peak memory is its own: the RSS
    high-water mark on CPU (reset after the model, inputs and optimizer are built and one step has
    allocated the optimizer state), the allocator peak on GPU.
 4. **Profile**: op self time of one eval forward (``--profile-precision``: float32, or what
    ``--dtype bfloat16`` / ``int8`` run) by kind of op (matmul, convolution, attention, normalization,
    copies, other), and the top single ops.
-5. **bf16 mask agreement**: mean IoU between bf16-autocast masks and float32 masks after the official
+5. **bfloat16 mask agreement**: mean IoU between bfloat16-autocast masks and float32 masks after the official
    post-processing (sigmoid, bicubic resize, inverse letterbox to a 640x480 original, ``> 0.35``).
 
 Example (the tables in docs/benchmarks.md)::
@@ -47,10 +48,11 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import _bench as B
-from detris.engine.task import SegmentationTask
+from detris.precision import ALIASES, DTYPES, INT8, autocast, precision_name, quantize_vision_int8, resolve_dtype
 
 HERE = os.path.abspath(__file__)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+#: The precisions this benchmark times (float16 has no fast CPU kernels).
+PRECISIONS = ("float32", "bfloat16")
 aten = torch.ops.aten
 
 
@@ -67,11 +69,6 @@ def build(variant: str, seed: int, device: torch.device, fast: bool = True) -> n
     if not fast and hasattr(model, "set_fast_paths"):
         model.set_fast_paths(False)
     return model.to(device)
-
-
-def autocast(precision: str, device: torch.device):
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def inputs(model: nn.Module, batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -117,13 +114,13 @@ def eval_section(args, device: torch.device, gemm: dict[str, dict[str, Any]]) ->
                 flops = flops_by_batch[batch] = count_flops(lambda: model(images, tokens))
             for precision in args.precisions:
                 def forward() -> Tensor:
-                    with torch.no_grad(), autocast(precision, device):
+                    with torch.no_grad(), autocast(precision, device.type):
                         return model(images, tokens)
 
                 # The GEMM is timed right after each forward: on a machine whose speed drifts, each
                 # forward is compared with the GEMM rate of the same moment (median of the pairs).
                 gemm_fn, gemm_flops = B.gemm_callable(
-                    PRECISIONS[precision] or torch.float32, device, gemm[precision]["size"], gemm[precision]["layout"]
+                    DTYPES[precision], device, gemm[precision]["size"], gemm[precision]["layout"]
                 )
                 load_before = B.load_average()
                 # The first (untimed) call warms up and sizes the run to the time budget.
@@ -174,13 +171,13 @@ def compile_rows(args, device: torch.device, model: nn.Module, flops_by_batch: d
         latency = B.median(times)
         rate = flops_by_batch[batch] / latency
         rows.append({
-            "variant": variant, "precision": "fp32+compile", "batch": batch, "latency_s": latency,
+            "variant": variant, "precision": "float32+compile", "batch": batch, "latency_s": latency,
             "min_s": min(times), "runs": len(times), "images_per_s": batch / latency,
             "gflop": flops_by_batch[batch] / 1e9, "achieved_gflop_per_s": rate / 1e9,
-            "gemm_gflop_per_s": gemm["fp32"]["flops_per_s"] / 1e9, "share_of_gemm": rate / gemm["fp32"]["flops_per_s"],
+            "gemm_gflop_per_s": gemm["float32"]["flops_per_s"] / 1e9, "share_of_gemm": rate / gemm["float32"]["flops_per_s"],
             "compile_s": compile_s, "load_before": B.load_average(),
         })
-        print(f"  eval {variant} fp32+compile batch {batch}: {latency:.3f} s (first call {compile_s:.0f} s)", flush=True)
+        print(f"  eval {variant} float32+compile batch {batch}: {latency:.3f} s (first call {compile_s:.0f} s)", flush=True)
     return rows
 
 
@@ -200,13 +197,10 @@ OP_KINDS = {
 def profiled_model(model: nn.Module, precision: str, device: torch.device):
     """The model and the context of one ``--profile-precision`` forward: what ``--dtype float32`` /
     ``bfloat16`` / ``int8`` run (`DETRIS.low_precision`, `detris.precision.quantize_vision_int8`)."""
-    from detris.precision import quantize_vision_int8
-
-    if precision == "bf16-vision":
-        return model, model.low_precision(torch.bfloat16)
-    if precision == "int8-vision":
+    dtype = resolve_dtype(precision, device)
+    if dtype == INT8:
         return quantize_vision_int8(model).eval(), contextlib.nullcontext()
-    return model, contextlib.nullcontext()
+    return model, model.low_precision(dtype)
 
 
 def profile_section(args, device: torch.device) -> list[dict[str, Any]]:
@@ -250,18 +244,9 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     model = build(spec["variant"], spec["seed"], device).train()
     if spec["checkpointing"] != "off":
         model.set_grad_checkpointing(True, scope=spec["checkpointing"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=1e-4)
     images, tokens = inputs(model, spec["batch"], spec["size"], device)
     masks = B.sample_masks(spec["batch"], spec["size"], seed=1).to(device)
-
-    def step() -> None:
-        with autocast(spec["precision"], device):
-            loss = SegmentationTask(model)(images, tokens, masks).loss.total
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = B.train_step_fn(model, images, tokens, masks, spec["precision"])
     step()  # allocates the optimizer state; what follows is the steady state
     gc.collect()
     B.trim_heap()
@@ -307,13 +292,8 @@ def train_section(args, device: torch.device) -> list[dict[str, Any]]:
     return rows
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def iou_section(args, device: torch.device) -> list[dict[str, Any]]:
-    """bf16-autocast vs float32 masks after the official post-processing, per variant."""
+    """bfloat16-autocast vs float32 masks after the official post-processing, per variant."""
     from detris.data.transforms import Letterbox
     from detris.postprocess import binarize, logits_to_probability
 
@@ -327,18 +307,18 @@ def iou_section(args, device: torch.device) -> list[dict[str, Any]]:
             images, tokens = inputs(model, 1, args.size, device, seed=100 + k)
             with torch.no_grad():
                 ref = model(images, tokens).logits
-                with autocast("bf16", device):
+                with autocast("bfloat16", device.type):
                     low = model(images, tokens).logits
             masks = []
             for logits in (ref, low):
                 prob = logits_to_probability(logits, [box])[0]
                 masks.append(binarize(prob))
-            ious.append(mask_iou(*masks))
+            ious.append(B.mask_agreement(*masks))
             fg.append(float(masks[0].mean()))
         rows.append({"variant": variant, "samples": len(ious), "mean_iou": float(np.mean(ious)),
-                     "min_iou": float(np.min(ious)), "fp32_foreground_share": float(np.mean(fg))})
-        print(f"  bf16 vs fp32 masks {variant}: mean IoU {rows[-1]['mean_iou']:.4f} "
-              f"(min {rows[-1]['min_iou']:.4f}, foreground {100 * rows[-1]['fp32_foreground_share']:.0f}%)",
+                     "min_iou": float(np.min(ious)), "float32_foreground_share": float(np.mean(fg))})
+        print(f"  bfloat16 vs float32 masks {variant}: mean IoU {rows[-1]['mean_iou']:.4f} "
+              f"(min {rows[-1]['min_iou']:.4f}, foreground {100 * rows[-1]['float32_foreground_share']:.0f}%)",
               flush=True)
         del model
         gc.collect()
@@ -352,13 +332,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=448, help="square input side (multiple of 14)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 8],
                    help="eval batch sizes: 1 for latency, larger ones for throughput")
-    p.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), default=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", type=precision_name, choices=PRECISIONS, default=list(PRECISIONS),
+                   help="float32, bfloat16 (fp32, bf16 are read as the same)")
     p.add_argument("--repeats", type=int, default=5, help="timed eval forwards per configuration")
     p.add_argument("--budget-s", type=float, default=60.0,
                    help="stop repeating a configuration once its timed runs took this long (>= 1 run)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model) in float32")
     p.add_argument("--train-batch", type=int, default=2)
-    p.add_argument("--train-precisions", nargs="+", choices=sorted(PRECISIONS), default=None,
+    p.add_argument("--train-precisions", nargs="+", type=precision_name, choices=PRECISIONS, default=None,
                    help="default: --precisions")
     p.add_argument("--train-checkpointing", nargs="+", choices=["off", "block", "mlp"], default=["off", "mlp", "block"],
                    help="gradient checkpointing scopes to measure (see DETRIS.set_grad_checkpointing)")
@@ -370,7 +351,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", nargs="*", default=[], choices=["eval", "train", "iou", "profile"])
     p.add_argument("--profile-batch", type=int, default=2, help="batch of the profiled forward")
     p.add_argument("--profile-top", type=int, default=12, help="single ops listed in the profile")
-    p.add_argument("--profile-precision", choices=["fp32", "bf16-vision", "int8-vision"], default="fp32",
+    p.add_argument("--profile-precision", type=lambda name: ALIASES.get(name, name),
+                   choices=["float32", "bfloat16", "int8"], default="float32",
                    help="what the profiled forward runs: float32, --dtype bfloat16 or --dtype int8")
     p.add_argument("--max-foreign-cores", type=float, default=0.2,
                    help="discard (and repeat) a timed run during which other processes used more than "
@@ -399,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{machine['cpu']}, {machine['logical_cpus']} CPUs ({machine['cpu_capability']}), "
           f"{args.threads} threads, torch {machine['torch']}, load {machine['load_average']}", flush=True)
 
-    gemm_rows = [B.gemm_rate(PRECISIONS[p] or torch.float32, device, args.gemm_max_size) for p in args.precisions]
+    gemm_rows = [B.gemm_rate(DTYPES[p], device, args.gemm_max_size) for p in args.precisions]
     gemm = dict(zip(args.precisions, gemm_rows))
     for p, r in zip(args.precisions, gemm_rows):
         print(f"  GEMM {p}: {r['flops_per_s'] / 1e9:.1f} GFLOP/s (NN {r['nn_flops_per_s'] / 1e9:.1f} at "
@@ -412,8 +394,8 @@ def main(argv: list[str] | None = None) -> None:
         results["train"] = train_section(args, device)
     if "profile" not in args.skip:
         results["profile"] = profile_section(args, device)
-    if "iou" not in args.skip and "bf16" in args.precisions:
-        results["bf16_masks"] = iou_section(args, device)
+    if "iou" not in args.skip and "bfloat16" in args.precisions:
+        results["bfloat16_masks"] = iou_section(args, device)
     machine["load_average_end"] = B.load_average()
 
     B.print_table("Dense GEMM (practical limit)", [
@@ -433,9 +415,9 @@ def main(argv: list[str] | None = None) -> None:
     if "profile" in results:
         B.print_table(f"Where the time goes (one {args.profile_precision} eval forward, op self time)", results["profile"],
                       ["variant", "batch", "kind", "self_s", "share", "calls"])
-    if "bf16_masks" in results:
-        B.print_table("bf16 autocast vs fp32 masks", results["bf16_masks"],
-                      ["variant", "samples", "mean_iou", "min_iou", "fp32_foreground_share"])
+    if "bfloat16_masks" in results:
+        B.print_table("bfloat16 autocast vs float32 masks", results["bfloat16_masks"],
+                      ["variant", "samples", "mean_iou", "min_iou", "float32_foreground_share"])
     print(f"\nload average: start {machine['load_average']}, end {machine['load_average_end']}")
     B.write_json(args.json, {"machine": machine, "args": vars(args), **results})
 

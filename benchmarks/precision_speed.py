@@ -4,24 +4,25 @@ For one variant (DETRIS-B by default) on random weights at a realistic scale (``
 the eval forward of batch ``--batch`` at ``--size`` is timed ALTERNATELY (one round = one call of each)
 for:
 
-- ``official fp32``: the official implementation on the same weights (with ``--official PATH``);
-- ``fp32``: ours, the protocol;
-- ``bf16 vision``: what ``--dtype bfloat16`` / ``auto`` runs (`DETRIS.low_precision`): the
-  DINOv2 tower under bf16 autocast, the rest in float32;
-- ``bf16 autocast``: the whole forward under ``torch.autocast("cpu", bfloat16)``;
-- ``bf16 cast``: the model cast with ``model.to(torch.bfloat16)`` (weights cast once; every activation
-  bf16);
-- ``int8 dynamic``: ours with every ``nn.Linear`` dynamically quantised (``torch.ao`` int8 weights,
-  per-batch activation scales), the rest float32; ``int8 vision``: the same for the vision tower's
-  Linear layers only -- measured here, not shipped (see docs/benchmarks.md).
+- ``official float32``: the official implementation on the same weights (with ``--official PATH``);
+- ``float32``: ours, the protocol;
+- ``bfloat16 vision``: what ``--dtype bfloat16`` / ``auto`` runs (`DETRIS.low_precision`): the
+  DINOv2 tower under bfloat16 autocast, the rest in float32;
+- ``bfloat16 autocast``: the whole forward under ``detris.precision.autocast("bfloat16", "cpu")``;
+- ``bfloat16 cast``: the model cast with ``model.to(torch.bfloat16)`` (weights cast once; every
+  activation bfloat16);
+- ``int8 all``: ours with every ``nn.Linear`` but the head's kernel generator dynamically quantised
+  (``detris.precision.quantize_int8(model, "all")``: ``torch.ao`` int8 weights, per-batch activation
+  scales), the rest float32 -- measured here, not shipped (see docs/benchmarks.md); ``int8 vision``:
+  the same for the vision tower's Linear layers only, what ``--dtype int8`` runs.
 
 Ratios are to the official float32 time of the same run (to our float32 time without ``--official``).
 The dense-GEMM rates of float32 and bfloat16 are measured in the same run. Mask agreement: the mean IoU
-of each precision's masks with our float32 masks after the official post-processing (sigmoid, bicubic,
-inverse letterbox to a 640x480 original, ``> 0.35``) over ``--images`` smooth images x ``--texts`` token
-rows. ``--train`` times the training step instead (forward, loss, backward, Adam on the trained
-parameters, as ``compare_official.py``) in float32 and under bf16 autocast (``train.precision: bf16``),
-against the official float32 step. Example (the tables in docs/benchmarks.md)::
+(``_bench.mask_agreement``) of each precision's masks with our float32 masks after the official
+post-processing (sigmoid, bicubic, inverse letterbox to a 640x480 original, ``> 0.35``) over
+``--images`` smooth images x ``--texts`` token rows. ``--train`` times the training step instead
+(``_bench.train_step_fn``: the engine's training task, backward, Adam on the trained parameters) in
+float32 and under bfloat16 autocast (``train.precision: bfloat16``), against the official float32 step. Example (the tables in docs/benchmarks.md)::
 
     python benchmarks/precision_speed.py --official /path/to/DETRIS --json precision.json
     python benchmarks/precision_speed.py --official /path/to/DETRIS --train --repeats 3
@@ -32,8 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
-import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -44,47 +43,33 @@ from torch import Tensor, nn
 
 import _bench as B
 import _official as O
+from detris import build_model
+from detris.data.transforms import Letterbox
+from detris.inference import forward_logits
+from detris.postprocess import binarize, logits_to_probability
+from detris.precision import autocast, quantize_int8
 
 ORIGINAL_HW = (480, 640)
 
 
 def build(variant: str, seed: int) -> nn.Module:
-    from detris import build_model
-
     torch.manual_seed(seed)
     return B.randomize_(build_model(variant), seed).eval()
-
-
-def int8_dynamic(model: nn.Module, vision_only: bool = False) -> nn.Module:
-    """A copy of ``model`` with its Linear layers dynamically quantised to int8: every one but the head's
-    kernel generator (which sets the mask boundary), or only the vision tower's."""
-    from torch.ao.quantization import quantize_dynamic
-
-    quantized = copy.deepcopy(model)
-    with contextlib.redirect_stderr(open(os.devnull, "w")):
-        if vision_only:
-            quantized.dinov2 = quantize_dynamic(quantized.dinov2, {nn.Linear}, dtype=torch.qint8)
-        else:
-            quantized = quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8)
-            quantized.proj.txt = copy.deepcopy(model.proj.txt)
-    return quantized
 
 
 def variants_of(model: nn.Module) -> dict[str, tuple[nn.Module, Callable[[], Any]]]:
     """name -> (model to run, context manager factory) for each of our precisions."""
     return {
-        "fp32": (model, contextlib.nullcontext),
-        "bf16 vision": (model, lambda: model.low_precision(torch.bfloat16)),
-        "bf16 autocast": (model, lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
-        "bf16 cast": (copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext),
-        "int8 dynamic": (int8_dynamic(model), contextlib.nullcontext),
-        "int8 vision": (int8_dynamic(model, vision_only=True), contextlib.nullcontext),
+        "float32": (model, contextlib.nullcontext),
+        "bfloat16 vision": (model, lambda: model.low_precision(torch.bfloat16)),
+        "bfloat16 autocast": (model, lambda: autocast("bfloat16", "cpu")),
+        "bfloat16 cast": (copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext),
+        "int8 all": (quantize_int8(model, "all"), contextlib.nullcontext),
+        "int8 vision": (quantize_int8(model, "vision"), contextlib.nullcontext),
     }
 
 
 def forward_fn(model: nn.Module, context: Callable[[], Any], images: Tensor, tokens: Tensor) -> Callable[[], Tensor]:
-    from detris.inference import forward_logits
-
     def run() -> Tensor:
         with torch.inference_mode(), context():
             return forward_logits(model, images, tokens).logits
@@ -94,14 +79,10 @@ def forward_fn(model: nn.Module, context: Callable[[], Any], images: Tensor, tok
 
 def mask_agreement(runs: dict[str, tuple[nn.Module, Callable[[], Any]]], args) -> dict[str, float]:
     """Mean IoU of each precision's masks with the float32 masks (official post-processing)."""
-    from detris.postprocess import binarize, logits_to_probability
-
     size = args.size
     images = B.smooth_images(args.images, size, seed=7)
-    tokens = B.sample_tokens(args.texts, runs["fp32"][0].word_len, offset=3)
+    tokens = B.sample_tokens(args.texts, runs["float32"][0].word_len, offset=3)
     # Every image with every token row, mapped back to a 4:3 original as the letterbox would.
-    from detris.data.transforms import Letterbox
-
     box = Letterbox.fit(*ORIGINAL_HW, size)
     masks: dict[str, list[np.ndarray]] = {}
     for name, (model, context) in runs.items():
@@ -114,33 +95,27 @@ def mask_agreement(runs: dict[str, tuple[nn.Module, Callable[[], Any]]], args) -
         masks[name] = out
     ious = {}
     for name, got in masks.items():
-        values = [(a & b).sum() / max((a | b).sum(), 1) for a, b in zip(got, masks["fp32"])]
+        values = [B.mask_agreement(a, b) for a, b in zip(got, masks["float32"])]
         ious[name] = float(np.mean(values))
-    ious["fp32 foreground share"] = float(np.mean([m.mean() for m in masks["fp32"]]))
+    ious["float32 foreground share"] = float(np.mean([m.mean() for m in masks["float32"]]))
     return ious
 
 
 def train_section(args, model: nn.Module) -> None:
-    """The training step in float32 and bf16 autocast, alternated with the official float32 step."""
-    from compare_official import data, train_step_fn
+    """The training step in float32 and bfloat16 autocast, alternated with the official float32 step."""
+    from compare_official import data
 
     model.train()
     images, tokens, masks = data(args.variant, args.batch, args.size)
-    fp32_step = train_step_fn(model, False, images, tokens, masks)
-    bf16_inner = train_step_fn(model, False, images, tokens, masks)
-
-    def bf16_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16_inner()
-
-    fns = {"fp32": fp32_step, "bf16 autocast": bf16_step}
+    fns = {"float32": B.train_step_fn(model, images, tokens, masks, "float32"),
+           "bfloat16 autocast": B.train_step_fn(model, images, tokens, masks, "bfloat16")}
     if args.official:
         with tempfile.TemporaryDirectory() as tmp:
             official, _ = O.build_official(args.official, args.variant, model, tmp)
-        fns = {"official fp32": train_step_fn(official.train(), True, images, tokens, masks), **fns}
+        fns = {"official float32": B.train_step_fn(official.train(), images, tokens, masks, official=True), **fns}
     times = B.alternate_timed(fns, torch.device("cpu"), args.repeats, warmup=1,
                               max_foreign_cores=args.max_foreign_cores, max_discarded=args.max_discarded)
-    base = B.median(times["official fp32" if args.official else "fp32"])
+    base = B.median(times["official float32" if args.official else "float32"])
     rows = [{"step": name, "seconds": round(B.median(times[name]), 2), "x base": round(B.median(times[name]) / base, 3)}
             for name in fns]
     B.print_table(f"{args.variant} training step, batch {args.batch}, {args.size}²", rows, ["step", "seconds", "x base"])
@@ -169,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     machine = B.machine_info(device)
     print(f"{machine['cpu']}, flags {' '.join(machine['cpu_flags'])}, torch {torch.__version__}, "
           f"{args.threads} threads, load {B.load_average()}", flush=True)
-    gemm = {name: B.gemm_rate(dtype, device, 2048) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    gemm = {name: B.gemm_rate(dtype, device, 2048) for name, dtype in (("float32", torch.float32),
+                                                                         ("bfloat16", torch.bfloat16))}
     model = build(args.variant, args.seed)
     if args.train:
         return train_section(args, model)
@@ -185,25 +161,24 @@ def main(argv: list[str] | None = None) -> None:
             with torch.inference_mode():
                 official(images, tokens)
 
-        fns = {"official fp32": official_run, **fns}
+        fns = {"official float32": official_run, **fns}
     times = B.alternate_timed(fns, device, args.repeats, warmup=1, max_foreign_cores=args.max_foreign_cores,
                               max_discarded=args.max_discarded)
-    base = "official fp32" if args.official else "fp32"
+    base = "official float32" if args.official else "float32"
     medians = {name: B.median(times[name]) for name in fns}
     ious = mask_agreement(runs, args)
     rows = [{"precision": name, "seconds": round(medians[name], 3), f"x {base}": round(medians[name] / medians[base], 3),
-             "mask_IoU_vs_fp32": round(ious[name], 4) if name in ious else None} for name in fns]
+             "mask_IoU_vs_float32": round(ious[name], 4) if name in ious else None} for name in fns]
     B.print_table(f"{args.variant} eval, batch {args.batch}, {args.size}², {args.threads} threads", rows,
-                  ["precision", "seconds", f"x {base}", "mask_IoU_vs_fp32"])
+                  ["precision", "seconds", f"x {base}", "mask_IoU_vs_float32"])
     gemm_rows = [{"dtype": k, "GFLOP/s": round(v["flops_per_s"] / 1e9), "size": v["size"], "layout": v["layout"]}
                  for k, v in gemm.items()]
     B.print_table("dense GEMM", gemm_rows, ["dtype", "GFLOP/s", "size", "layout"])
-    print(f"fp32 masks' foreground share {ious['fp32 foreground share']:.3f}; rounds discarded {times['discarded']}, "
+    print(f"float32 masks' foreground share {ious['float32 foreground share']:.3f}; rounds discarded {times['discarded']}, "
           f"foreign cores per round {times['foreign_cores']}; load {B.load_average()}")
     B.write_json(args.json, {"machine": machine, "args": vars(args), "times": times, "rows": rows, "gemm": gemm,
                              "mask_iou": ious})
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
     main()

@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py: its CPU smoke run covers every section, and its micro-batch search."""
+"""benchmarks/gpu_check.py, run as a script: its CPU smoke run covers every section, and its micro-batch
+search (``--search-check``) doubles, bisects and keeps to its time budget."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,55 +14,44 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 SECTIONS = ("compare", "microbatch", "ddp", "compile")
-
-
-def _import_script():
-    """The script as a module (it imports its sibling helpers, so its folder goes on the path)."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return gpu_check
-
-
-@pytest.mark.parametrize(("limit", "max_batch", "largest", "first_failure", "stopped"), [
+SEARCHES = [  # (limit, max_batch, largest, first_failure, stopped)
     (37, 64, 37, 38, None),  # doubling to 64 fails, bisection between 32 and 64 ends at 37 / 38
     (64, 64, 64, None, "max_batch 64 reached"),
     (100, 48, 48, None, "max_batch 48 reached"),  # the last doubling step is clipped to max_batch
     (0, 64, 0, 1, None),  # not even one item fits
-])
-def test_largest_fitting_doubles_then_bisects(limit, max_batch, largest, first_failure, stopped):
-    gpu_check = _import_script()
-    seen = []
-
-    def fits(batch):
-        seen.append(batch)
-        return {"batch": batch, "fits": batch <= limit, "seconds": 0.0}
-
-    result = gpu_check.largest_fitting(fits, max_batch, time.monotonic() + 60)
-    assert (result["largest"], result["first_failure"], result["stopped"]) == (largest, first_failure, stopped)
-    assert result["exact"] == (first_failure is not None)
-    assert len(seen) == len(set(seen)) <= 2 * max_batch.bit_length()  # no batch tried twice, log-many tries
+]
 
 
-def test_largest_fitting_does_not_start_a_try_past_the_deadline():
-    gpu_check = _import_script()
+def _child_env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1")
 
-    def fits(batch):
-        return {"batch": batch, "fits": True, "seconds": 10.0}  # each try "took" 10 s
 
-    result = gpu_check.largest_fitting(fits, 1024, time.monotonic() + 5)
-    assert result["stopped"] == "time budget"
-    assert result["largest"] == 1 and len(result["tries"]) == 1
+def _search_check(cases: list[dict]) -> list[dict]:
+    """The script's ``--search-check``: its micro-batch search against stand-in limits."""
+    cmd = [sys.executable, str(SCRIPT), "--search-check", json.dumps(cases)]
+    proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_largest_fitting_doubles_then_bisects_and_keeps_to_its_budget():
+    cases = [{"limit": limit, "max_batch": max_batch} for limit, max_batch, *_ in SEARCHES]
+    cases.append({"limit": 1024, "max_batch": 1024, "budget_s": 5, "try_s": 10.0})  # each try "took" 10 s
+    *searches, budget = _search_check(cases)
+    for (_, max_batch, largest, first_failure, stopped), result in zip(SEARCHES, searches):
+        assert (result["largest"], result["first_failure"], result["stopped"]) == (largest, first_failure, stopped)
+        assert result["exact"] == (first_failure is not None)
+        seen = [t["batch"] for t in result["tries"]]
+        assert len(seen) == len(set(seen)) <= 2 * max_batch.bit_length()  # no batch tried twice, log-many tries
+    assert budget["stopped"] == "time budget"  # no try started past the deadline
+    assert budget["largest"] == 1 and len(budget["tries"]) == 1
 
 
 @pytest.mark.slow
 def test_cpu_smoke_run_records_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
     table = tmp_path / "gpu_check.md"
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    env = _child_env()
     cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--json", str(out), "--table", str(table),
            "--workdir", str(tmp_path / "runs")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -80,12 +69,12 @@ def test_cpu_smoke_run_records_every_section(tmp_path):
     compare = sections["compare"]
     assert "no --official" in compare["official_skipped"]  # the official side is skipped, with the reason
     cases = {(r["mode"], r["precision"]) for r in compare["timing"]}
-    assert cases == {(m, p) for m in ("eval", "train") for p in ("fp32", "bf16", "fp16")}
+    assert cases == {(m, p) for m in ("eval", "train") for p in ("float32", "bfloat16", "float16")}
     assert all(r["ours_ms"] > 0 or r.get("skipped") for r in compare["timing"])
     assert all(r.get("ours_peak_gib", 0) > 0 or r.get("skipped") for r in compare["memory"])
 
     searches = {s["precision"]: s for s in sections["microbatch"]["searches"]}
-    assert set(searches) == {"fp32", "bf16"}
+    assert set(searches) == {"float32", "bfloat16"}
     for s in searches.values():
         assert s["largest"] >= 1 and (s["exact"] or s["stopped"]), s
 
