@@ -1,4 +1,4 @@
-"""Fuzz targets shared by the fast suite (tests/test_fuzz.py) and the long runner (benchmarks/fuzz.py).
+"""Fuzz targets shared by the fast suite (tests/test_fuzz.py) and the long runner (tests/fuzz_run.py).
 
 Each target reads one kind of user file. It has seed inputs (real-layout files, built here) and a
 ``check(data, workdir)`` that writes ``data`` where the reader expects its file and runs the reader.
@@ -239,7 +239,7 @@ def _pickle_seeds() -> list[bytes]:
 
 
 def _check_pickle(data: bytes, workdir: Path) -> Any:
-    from detris.data.refer import safe_load_pickle
+    from detris.data.safe_pickle import safe_load_pickle
 
     root = _write_refer(workdir, refs_bytes=data)
     refs_path = root / "refcoco" / "refs(unc).p"

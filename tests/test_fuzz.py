@@ -1,6 +1,6 @@
 """Hostile input: a seeded, fast subset of the fuzz targets, and one regression test per finding.
 
-The targets live in ``fuzz_targets.py`` (shared with ``benchmarks/fuzz.py``, the long run). Each
+The targets live in ``fuzz_targets.py`` (shared with ``fuzz_run.py``, the long run). Each
 hypothesis test below runs a fixed, derandomised set of mutated inputs through one reader; the
 contract (a result, or a documented exception naming the file) is checked inside the target.
 """
@@ -88,7 +88,7 @@ def _peak_rss_mb() -> float:
 
 def test_pickle_with_a_huge_memo_index_costs_no_memory(tmp_path):
     """Finding: the C unpickler sized its memo by ``LONG_BINPUT 0x7fffffff`` (a 9-byte file -> ~16 GB)."""
-    from detris.data.refer import safe_load_pickle
+    from detris.data.safe_pickle import safe_load_pickle
 
     path = tmp_path / "refs(unc).p"
     path.write_bytes(b"\x80\x02]r" + struct.pack("<I", 0x7FFFFFFF) + b".")
@@ -99,7 +99,7 @@ def test_pickle_with_a_huge_memo_index_costs_no_memory(tmp_path):
 
 def test_pickle_of_shared_references_is_not_expanded(tmp_path):
     """Finding: 40 levels of ``[a, a]`` (a 200-byte pickle) were decoded into 2**40 copies (a hang)."""
-    from detris.data.refer import safe_load_pickle
+    from detris.data.safe_pickle import safe_load_pickle
 
     value: list = ["x"]
     for _ in range(40):
@@ -129,7 +129,7 @@ def test_cyclic_or_deep_pickle_is_refused_naming_the_file(tmp_path, kind):
 
 def test_unsafe_pickle_error_is_a_value_error():
     """So that the command line's ``except ValueError`` reports it in one line."""
-    from detris.data.refer import UnsafePickleError
+    from detris.data.safe_pickle import UnsafePickleError
 
     assert issubclass(UnsafePickleError, ValueError) and issubclass(UnsafePickleError, pickle.UnpicklingError)
 
@@ -182,7 +182,7 @@ def test_malformed_refs_are_refused_naming_the_file(tmp_path, edit, problem):
 ])
 def test_rle_and_polygons_pycocotools_cannot_take_are_refused(segmentation, problem):
     """Findings: pycocotools trusts its input; these gave garbage masks, a segfault or exhausted memory."""
-    from detris.data.refer import segmentation_to_mask
+    from detris.data.coco import segmentation_to_mask
 
     with pytest.raises(ValueError, match=problem):
         segmentation_to_mask(segmentation, 2, 2)
@@ -191,7 +191,7 @@ def test_rle_and_polygons_pycocotools_cannot_take_are_refused(segmentation, prob
 def test_compressed_rle_check_agrees_with_pycocotools():
     from pycocotools import mask as coco_mask
 
-    from detris.data.refer import _rle_total, segmentation_to_mask
+    from detris.data.coco import _rle_total, segmentation_to_mask
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -9,13 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detris.data.refer import (
-    ReferAnnotations,
-    UnsafePickleError,
-    load_refer,
-    safe_load_pickle,
-    segmentation_to_mask,
-)
+from detris.data.coco import segmentation_to_mask
+from detris.data.refer import ReferAnnotations, load_refer
+from detris.data.safe_pickle import UnsafePickleError, safe_load_pickle
 from refer_fixtures import EXPECTED_COUNTS, IMAGE_SIZES, POLYGON_ANNS, build_refer_fixture, uncompressed_rle
 
 

@@ -1,18 +1,11 @@
 """Data: REFER annotations, image loading, the official letterbox transforms and torch datasets."""
 
 from .catalog import DATASET_NAMES, MIXED_DEFAULT, load_annotations, open_dataset
+from .coco import segmentation_to_mask
 from .datasets import JsonlSegDataset, MixedReferDataset, ReferSegDataset, collate
 from .images import ImageLoadError, ImageNotFoundError, load_image
-from .refer import (
-    DATASETS,
-    REFER_LAYOUT,
-    ReferAnnotations,
-    SafeUnpickler,
-    UnsafePickleError,
-    load_refer,
-    safe_load_pickle,
-    segmentation_to_mask,
-)
+from .refer import DATASETS, REFER_LAYOUT, ReferAnnotations, load_refer
+from .safe_pickle import SafeUnpickler, UnsafePickleError, safe_load_pickle
 from .transforms import (
     CLIP_MEAN,
     CLIP_STD,

@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .refer import PathLike, read_coco_instances, safe_load_pickle, segmentation_to_mask
+from .coco import read_coco_instances, segmentation_to_mask
+from .refer import PathLike
+from .safe_pickle import safe_load_pickle
 
 __all__ = ["GREFCOCO_FOLDER", "NO_TARGET", "GReferAnnotations"]
 
