@@ -15,7 +15,7 @@ backbone files.
 
 ``--init-towers`` starts the towers from the two files of an earlier pretraining; when that one used
 another patch size or grid, the patch embedding and the position table are resized to this model's
-(see :func:`resize_dinov2_tower`), the rest is copied.
+(`detris.weights.tiny_towers.fit_tiny_towers`), the rest is copied.
 
 Writes into ``--out``: the training run (``metrics.jsonl``, ``best/``, ...), the two tower files and
 ``provenance.json`` (command, seed, minutes, steps, machine, validation quality of the whole model).
@@ -32,16 +32,14 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from detris.bundled import TINY_TOWER_FILES, assets_dir
+from detris.bundled import assets_dir
 from detris.demo import demo_settings
 from detris.engine.config import apply_overrides, config_from_dict
 from detris.engine.loop import train
 from detris.pretrained import from_pretrained
-from detris.variants import DetrisConfig, get_variant
-from detris.weights import load_state_file
+from detris.variants import get_variant
+from detris.weights.tiny_towers import fit_tiny_towers, save_tiny_towers
 
 # Scenes of this seed are never used by the demo (seed 0 by default) or by the bundled model's checks.
 PRETRAIN_SEED = 20261201
@@ -78,60 +76,6 @@ def pretrain_spec(out_dir: Path, minutes: float, seed: int, train_images: int) -
     return spec
 
 
-def resize_dinov2_tower(sd: dict[str, torch.Tensor], patch_size: int, grid: int) -> dict[str, torch.Tensor]:
-    """A DINOv2 tower state dict with its patch embedding resized to ``patch_size`` and its position
-    table to ``grid`` x ``grid``; every other tensor as it was.
-
-    The kernel is resampled bilinearly and scaled by the ratio of the patch areas, so that a patch of
-    constant colour gives the same embedding at either size; the table is resampled bicubically
-    (class row kept). A starting point for further training, not an equivalent model.
-    """
-    out = {k: v.float() for k, v in sd.items()}
-    kernel = out["patch_embed.proj.weight"]
-    if kernel.shape[-1] != patch_size:
-        scale = (kernel.shape[-1] / patch_size) ** 2
-        out["patch_embed.proj.weight"] = scale * F.interpolate(
-            kernel, size=(patch_size, patch_size), mode="bilinear", align_corners=False, antialias=True)
-    table = out["pos_embed"]
-    old = int(round((table.shape[1] - 1) ** 0.5))
-    if old != grid:
-        cls_row, rows = table[:, :1], table[:, 1:]
-        rows = rows.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-        rows = F.interpolate(rows, size=(grid, grid), mode="bicubic", align_corners=False)
-        out["pos_embed"] = torch.cat([cls_row, rows.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], 1)
-    return out
-
-
-def initial_towers(source: Path, config: DetrisConfig, out_dir: Path) -> dict[str, Path]:
-    """The tower files of an earlier pretraining in ``source``, fitted to ``config`` (patch size and
-    pretrained grid) and written into ``out_dir``; returns ``{"dinov2": path, "clip": path}``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for kind, name in TINY_TOWER_FILES.items():
-        sd = load_state_file(source / name)
-        if kind == "dinov2":
-            sd = resize_dinov2_tower(sd, config.patch_size, config.pretrained_grid)
-        path = out_dir / f"init-{name}"
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
-        paths[kind] = path
-    return paths
-
-
-def save_towers(model: torch.nn.Module, out_dir: Path, metadata: dict[str, str]) -> dict[str, Path]:
-    """Write the two towers (adapters dropped) as fp16 safetensors in their official key layouts."""
-    paths = {}
-    for kind, module in (("dinov2", model.dinov2), ("clip", model.txt_backbone)):
-        tensors = {
-            k: v.detach().to(torch.float16).contiguous()
-            for k, v in module.state_dict().items()
-            if ".adapter." not in k
-        }
-        path = out_dir / TINY_TOWER_FILES[kind]
-        save_file(tensors, str(path), metadata=metadata)
-        paths[kind] = path
-    return paths
-
-
 def _init_record(source: Path | None) -> dict | str | None:
     """What the towers started from: the earlier run's provenance record when it has one."""
     if source is None:
@@ -157,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = apply_overrides(pretrain_spec(out_dir, args.minutes, args.seed, args.train_images), args.overrides)
     if args.init_towers is not None:
         config = get_variant(spec["model"]["variant"], **spec["model"]["overrides"])
-        paths = initial_towers(args.init_towers, config, out_dir)
+        paths = fit_tiny_towers(args.init_towers, config, out_dir)
         spec["model"].update(dinov2_weights=str(paths["dinov2"]), clip_weights=str(paths["clip"]))
     start = time.time()
     summary = train(config_from_dict(spec))
@@ -177,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     meta = {"provenance": json.dumps(provenance, sort_keys=True)}
-    paths = save_towers(model, out_dir, meta)
+    paths = save_tiny_towers(model, out_dir, meta)
     (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(json.dumps(provenance, indent=2))
     if args.install:

@@ -7,6 +7,7 @@
 - `clip`: OpenAI CLIP ``ViT-B-16.pt`` (text tower) and transformers' ``CLIPTextModelWithProjection``.
 - `official`: official DETRIS training checkpoints, variant inference.
 - `detris_format`: our ``config.json`` + ``model.safetensors`` directories, full or adapter-only.
+- `tiny_towers`: the bundled tiny towers' files (writing them, fitting them to another patch size).
 
 Building a model from a file (``from_pretrained``, ``load_official_checkpoint``) is the
 `detris.pretrained` service's job.

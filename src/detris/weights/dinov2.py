@@ -7,11 +7,13 @@ import re
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .io import CheckpointError, PathLike, StateDict, as_state_dict, load_strict, source_name, strip_prefix
 
-__all__ = ["dinov2_from_transformers", "read_dinov2_weights", "load_dinov2_weights", "backbone_hint"]
+__all__ = ["dinov2_from_transformers", "read_dinov2_weights", "load_dinov2_weights", "resize_dinov2_weights",
+           "backbone_hint"]
 
 _HF_DINO_LAYER = {
     "norm1": "norm1",
@@ -80,6 +82,30 @@ def read_dinov2_weights(source: PathLike | Mapping[str, Tensor]) -> StateDict:
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in sd):
         sd = dinov2_from_transformers(sd)
     return sd
+
+
+def resize_dinov2_weights(sd: Mapping[str, Tensor], patch_size: int, grid: int) -> StateDict:
+    """A DINOv2 state dict (our names) with its patch embedding resized to ``patch_size`` and its
+    position table to ``grid`` x ``grid``; every other tensor as it was, in float32.
+
+    The kernel is resampled bilinearly and scaled by the ratio of the patch areas, so that a patch of
+    constant colour gives the same embedding at either size; the table is resampled bicubically
+    (class row kept). A starting point for further training, not an equivalent model.
+    """
+    out = {k: v.float() for k, v in sd.items()}
+    kernel = out["patch_embed.proj.weight"]
+    if kernel.shape[-1] != patch_size:
+        scale = (kernel.shape[-1] / patch_size) ** 2
+        out["patch_embed.proj.weight"] = scale * F.interpolate(
+            kernel, size=(patch_size, patch_size), mode="bilinear", align_corners=False, antialias=True)
+    table = out["pos_embed"]
+    old = int(round((table.shape[1] - 1) ** 0.5))
+    if old != grid:
+        cls_row, rows = table[:, :1], table[:, 1:]
+        rows = rows.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+        rows = F.interpolate(rows, size=(grid, grid), mode="bicubic", align_corners=False)
+        out["pos_embed"] = torch.cat([cls_row, rows.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], 1)
+    return out
 
 
 def load_dinov2_weights(vision: nn.Module, source: PathLike | Mapping[str, Tensor]) -> None:
