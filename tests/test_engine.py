@@ -422,3 +422,14 @@ def test_process_group_that_cannot_form_fails_in_time_with_the_fix(tmp_path, ran
                            f"master 127.0.0.1:{port} within train.dist_timeout_s=5 s (this host: {socket.gethostname()}; ")
     assert "--local-addr" in last and "GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME" in last
     assert elapsed < 5 + 40  # the timeout, plus starting Python and torch on a busy machine
+
+
+def test_a_packaged_config_is_found_by_name(tmp_path, monkeypatch):
+    """``detris train synthetic-tiny`` works from any folder (the configs ship with the package); a name
+    that is neither a file nor a packaged config lists the packaged ones."""
+    monkeypatch.chdir(tmp_path)
+    by_name = load_config("synthetic-tiny", [f"output.dir={tmp_path / 'run'}"])
+    by_path = load_config(CONFIGS / "synthetic-tiny.yaml", [f"output.dir={tmp_path / 'run'}"])
+    assert by_name == by_path
+    with pytest.raises(FileNotFoundError, match="refcoco-detris-b"):
+        load_config("no-such-config")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from ..bundled import packaged_config, packaged_configs
 from ..data.catalog import DATASET_NAMES, MIXED, MIXED_DEFAULT
 from ..fetch.sources import SOURCES
 from ..precision import precision_name
@@ -385,12 +386,24 @@ def _too_many_values(data: Any, limit: int) -> bool:
     return False
 
 
+def _config_path(path: str | os.PathLike) -> Path:
+    """A config file's path; a bare name (no folder, no suffix) that is no file is a packaged config."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    if given.suffix == "" and given.parent == Path(".") and given.name in packaged_configs():
+        return packaged_config(given.name)
+    raise FileNotFoundError(f"config file not found: {given} (configs shipped with detris: "
+                            f"{', '.join(packaged_configs())})")
+
+
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML config, apply ``--set`` overrides, validate. Raises `ConfigError` / FileNotFoundError."""
+    """Read a YAML config, apply ``--set`` overrides, validate. ``path``: a YAML file, or the name of a
+    config shipped with detris (``synthetic-tiny``, ``refcoco-detris-b``, ...: `detris.bundled.packaged_configs`).
+    Raises `ConfigError` / FileNotFoundError."""
     import yaml  # a core dependency; imported here so that `import detris` stays light
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+
+    path = _config_path(path)
     yaml_errors = _yaml_errors()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
