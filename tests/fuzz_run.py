@@ -1,7 +1,10 @@
-"""Long fuzz runs of every reader of user files (the targets of tests/fuzz_targets.py).
+"""Long fuzz runs of every reader of user files (the targets of fuzz_targets.py, beside this script).
 
-    python benchmarks/fuzz.py --minutes 10 --target all            # each target 10 minutes, one after another
-    python benchmarks/fuzz.py --minutes 2 --target image --engine random
+    python tests/fuzz_run.py --minutes 10 --target all            # each target 10 minutes, one after another
+    python tests/fuzz_run.py --minutes 2 --target image --engine random
+
+It lives in tests/ with the targets it shares with the fast suite (tests/test_fuzz.py), so that it
+imports them as sibling modules.
 
 Engines: ``atheris`` (coverage-guided libFuzzer over detris' own code, seeded with the real-layout
 files; used when atheris is installed) or ``random`` (the mutators of the fast suite in a loop). Each
@@ -28,9 +31,6 @@ import traceback
 import warnings
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the targets are shared with the fast suite
 
 
 class CaseTimeout(Exception):
