@@ -165,3 +165,47 @@ def test_low_precision_leaves_no_autocast_behind_when_the_tower_raises():
         with model.low_precision(torch.bfloat16):
             model(torch.randn(1, 3, 112, 112), torch.randint(1, 400, (1, 17)))
     assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("short, name", [("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16")])
+def test_short_precision_names_read_as_torchs(short, name, tmp_path):
+    """One name per precision (torch's); the short forms of older configs and commands mean the same."""
+    from detris.engine.config import load_config
+
+    assert precision.precision_name(short) == precision.precision_name(name) == name
+    assert resolve_dtype(short, torch.device("cuda")) == precision.DTYPES[name]
+    config = tmp_path / "old.yaml"
+    config.write_text(f"model: {{variant: detris-tiny}}\ndata: {{dataset: synthetic}}\ntrain: {{precision: {short}}}\n")
+    assert load_config(config).train.precision == name
+    assert load_config(config, [f"train.precision={name}"]).train.precision == name
+
+
+def test_unknown_precision_is_named_with_the_choices():
+    from detris.engine.config import ConfigError, config_from_dict
+
+    with pytest.raises(ValueError, match="'half' is not one of float32 \\(fp32\\)"):
+        precision.precision_name("half")
+    with pytest.raises(ConfigError, match="train.precision"):
+        config_from_dict({"train": {"precision": "half"}})
+
+
+def test_autocast_follows_the_name():
+    with precision.autocast("float32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    with precision.autocast("bf16", "cpu"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert precision.autocast_dtype("float32") is None and precision.autocast_dtype("fp16") == torch.float16
+
+
+def test_int8_all_quantises_every_linear_but_the_kernel_generator():
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    model = random_tiny_model(112)
+    quantized = precision.quantize_int8(model, "all")
+    for part in (quantized.dinov2, quantized.neck, quantized.txt_backbone):
+        assert [m for m in part.modules() if isinstance(m, DynamicLinear)], part
+    assert type(quantized.proj.txt) is torch.nn.Linear
+    torch.testing.assert_close(quantized.proj.txt.weight, model.proj.txt.weight)
+    assert not [m for m in model.modules() if isinstance(m, DynamicLinear)]  # the caller's model untouched
+    with pytest.raises(ValueError, match="scope"):
+        precision.quantize_int8(model, "head")  # type: ignore[arg-type]
