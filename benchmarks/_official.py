@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detris.weights.clip import save_clip_archive
+
 OFFICIAL_CONFIGS = {
     "detris-b": "config/refcoco/DETRIS_base.yaml",
     "detris-l": "config/refcoco/DETRIS_large.yaml",
@@ -38,7 +40,6 @@ OFFICIAL_CONFIGS = {
 # The image tower of the CLIP archive: OpenAI's ViT-B/16 layout. DETRIS deletes it after loading, so
 # one layer is written (the layer count is read from the keys) to keep the file small.
 CLIP_IMAGE = {"width": 768, "layers": 1, "patch": 16, "resolution": 224}
-CLIP_INTEGER_KEYS = ("input_resolution", "context_length", "vocab_size")
 # OpenAI's convert_weights() stores these in half precision (every Linear / attention / conv tensor).
 _HALF_SUFFIXES = (
     "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
@@ -96,27 +97,6 @@ def official_config(path: str, variant: str, clip_file: str, dino_file: str) -> 
 
 
 # ------------------------------------------------------------------------------------------ files
-class _StateArchive(nn.Module):
-    """Module tree whose ``state_dict()`` is a given flat dict (scriptable: it holds only tensors)."""
-
-    def __init__(self, state: Mapping[str, Tensor], buffer_keys: tuple[str, ...]) -> None:
-        super().__init__()
-        for key, value in state.items():
-            *parents, leaf = key.split(".")
-            owner: nn.Module = self
-            for part in parents:
-                if part not in owner._modules:
-                    owner.add_module(part, nn.Module())
-                owner = owner._modules[part]
-            if key in buffer_keys:
-                owner.register_buffer(leaf, value.clone())
-            else:
-                owner.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-
 def _clip_image_tower(embed_dim: int, seed: int) -> dict[str, Tensor]:
     """A random OpenAI-layout image tower (``visual.*``) of ``CLIP_IMAGE``'s size."""
     gen = torch.Generator().manual_seed(seed)
@@ -159,7 +139,7 @@ def write_clip_archive(text_state: Mapping[str, Tensor], path: str, seed: int = 
     for key in state:
         if key in _HALF_KEYS or key.endswith(_HALF_SUFFIXES):
             state[key] = state[key].half()
-    torch.jit.save(torch.jit.script(_StateArchive(state, CLIP_INTEGER_KEYS)), path)
+    save_clip_archive(state, path)
 
 
 def write_dinov2_file(vision_state: Mapping[str, Tensor], path: str) -> None:

@@ -31,6 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detris.weights.clip import CLIP_SKIPPED_KEYS as CLIP_INTEGER_KEYS
+from detris.weights.clip import save_clip_archive
+
 __all__ = [
     "clip_state_dict",
     "write_clip_torchscript",
@@ -44,8 +47,6 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 
-# The keys OpenAI's build_model() deletes from the archive's state dict before loading it.
-CLIP_INTEGER_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 class _Draw:
@@ -167,30 +168,6 @@ def clip_state_dict(
     return OrderedDict((k, sd[k].to(dtype) if k in half else sd[k]) for k in order)
 
 
-class _ClipArchive(nn.Module):
-    """A module tree whose state_dict() is a given flat dict; the forward is a token gesture."""
-
-    def __init__(self, state: Mapping[str, Tensor], buffers: Iterable[str]) -> None:
-        super().__init__()
-        buffer_names = set(buffers)
-        for name, value in state.items():
-            *path, leaf = name.split(".")
-            owner: nn.Module = self
-            for part in path:
-                child = owner._modules.get(part)
-                if child is None:
-                    child = nn.Module()
-                    owner.add_module(part, child)
-                owner = child
-            if name in buffer_names:
-                owner.register_buffer(leaf, value.clone())
-            else:
-                owner.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.logit_scale.exp()
-
-
 def write_clip_torchscript(path: PathLike, **kwargs: Any) -> OrderedDict[str, Tensor]:
     """Write a TorchScript archive like OpenAI's ``ViT-B-16.pt`` (sizes as ``clip_state_dict``);
     returns its state dict.
@@ -200,8 +177,7 @@ def write_clip_torchscript(path: PathLike, **kwargs: Any) -> OrderedDict[str, Te
     ``vocab_size``.
     """
     state = clip_state_dict(**kwargs)
-    module = torch.jit.script(_ClipArchive(state, buffers=CLIP_INTEGER_KEYS))
-    torch.jit.save(module, os.fspath(path))
+    save_clip_archive(state, path)
     return state
 
 

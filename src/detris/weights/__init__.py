@@ -4,7 +4,8 @@
   TorchScript archives through ``torch.jit.load``, whose unpickler admits no Python objects) and strict
   loading that names the offending keys.
 - `dinov2`: DINOv2 ``dinov2_vit{b,l}14_reg4_pretrain.pth`` and transformers' ``Dinov2WithRegistersModel``.
-- `clip`: OpenAI CLIP ``ViT-B-16.pt`` (text tower) and transformers' ``CLIPTextModelWithProjection``.
+- `clip`: OpenAI CLIP ``ViT-B-16.pt`` (text tower; also written, `save_clip_archive`) and transformers'
+  ``CLIPTextModelWithProjection``.
 - `official`: official DETRIS training checkpoints, variant inference.
 - `detris_format`: our ``config.json`` + ``model.safetensors`` directories, full or adapter-only.
 - `tiny_towers`: the bundled tiny towers' files (writing them, fitting them to another patch size).
@@ -13,7 +14,13 @@ Building a model from a file (``from_pretrained``, ``load_official_checkpoint``)
 `detris.pretrained` service's job.
 """
 
-from .clip import CLIP_SKIPPED_KEYS, CLIP_SKIPPED_PREFIXES, load_clip_text_weights, read_clip_text_weights
+from .clip import (
+    CLIP_SKIPPED_KEYS,
+    CLIP_SKIPPED_PREFIXES,
+    load_clip_text_weights,
+    read_clip_text_weights,
+    save_clip_archive,
+)
 from .detris_format import (
     CONFIG_NAME,
     FORMAT_VERSION,
@@ -51,6 +58,7 @@ __all__ = [
     "read_clip_text_weights",
     "read_dinov2_weights",
     "read_model_dir",
+    "save_clip_archive",
     "save_pretrained",
     "trainable_state_dict",
 ]

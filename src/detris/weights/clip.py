@@ -1,10 +1,12 @@
 """The CLIP text tower: OpenAI's ``ViT-B-16.pt`` (TorchScript, or a plain state dict) and transformers'
 ``CLIPTextModelWithProjection`` / ``CLIPModel`` names, converted. The image tower and the archive's meta
 entries are dropped; weights are rounded through fp16 exactly where the official loader does it, so a
-float32 file gives the same model as the official code builds."""
+float32 file gives the same model as the official code builds. `save_clip_archive` writes the archive
+format itself (a TorchScript module holding a state dict), for files the official code can load."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 
@@ -15,7 +17,7 @@ from .dinov2 import backbone_hint
 from .io import CheckpointError, PathLike, StateDict, as_state_dict, load_strict, source_name, strip_prefix
 
 __all__ = ["CLIP_SKIPPED_PREFIXES", "CLIP_SKIPPED_KEYS", "clip_text_from_transformers", "read_clip_text_weights",
-           "load_clip_text_weights"]
+           "load_clip_text_weights", "save_clip_archive"]
 
 # Entries of an OpenAI CLIP archive that the text tower does not have: the image tower and meta data.
 CLIP_SKIPPED_PREFIXES = ("visual.",)
@@ -106,3 +108,33 @@ def load_clip_text_weights(text: nn.Module, source: PathLike | Mapping[str, Tens
     load_strict(text, sd, what=f"CLIP text weights ({source_name(source)})", skip_missing=skip, hint=hint)
 
 
+class _StateArchive(nn.Module):
+    """A module tree whose ``state_dict()`` is a given flat dict (scriptable: it holds only tensors)."""
+
+    def __init__(self, state: Mapping[str, Tensor], buffer_keys: tuple[str, ...]) -> None:
+        super().__init__()
+        for key, value in state.items():
+            *parents, leaf = key.split(".")
+            owner: nn.Module = self
+            for part in parents:
+                if part not in owner._modules:
+                    owner.add_module(part, nn.Module())
+                owner = owner._modules[part]  # type: ignore[assignment]
+            if key in buffer_keys:
+                owner.register_buffer(leaf, value.detach().clone())
+            else:
+                owner.register_parameter(leaf, nn.Parameter(value.detach().clone(), requires_grad=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def save_clip_archive(state: Mapping[str, Tensor], path: PathLike) -> None:
+    """Write ``state`` (OpenAI's names: image and text towers, and the integer entries
+    `CLIP_SKIPPED_KEYS` as buffers) as a TorchScript archive like OpenAI's ``ViT-B-16.pt``.
+
+    ``torch.jit.load(path).state_dict()`` gives ``state`` back exactly (names, order, shapes, dtypes,
+    values); the official loader and `read_clip_text_weights` read it as the released file.
+    """
+    module = torch.jit.script(_StateArchive(state, CLIP_SKIPPED_KEYS))
+    torch.jit.save(module, os.fspath(path))
