@@ -60,13 +60,13 @@ aten = torch.ops.aten
 def build(variant: str, seed: int, device: torch.device, fast: bool = True) -> nn.Module:
     """A ``variant`` DETRIS with random weights (``_bench.randomize_``), frozen backbones.
 
-    ``fast=False`` turns off the model's optional fast paths where it has a switch for them (used by
-    the fast-path comparisons; the defaults are what a user gets)."""
+    ``fast=False`` turns off the model's optional fast paths (``DETRIS.set_fast_paths``; used by the
+    fast-path comparisons; the defaults are what a user gets)."""
     from detris import build_model
 
     torch.manual_seed(seed)
     model = B.randomize_(build_model(variant), seed)
-    if not fast and hasattr(model, "set_fast_paths"):
+    if not fast:
         model.set_fast_paths(False)
     return model.to(device)
 
