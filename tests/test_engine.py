@@ -264,7 +264,7 @@ def test_sigkill_then_the_same_command_resumes_exactly(tmp_path):
     """A launcher reruns the same command (``--resume auto``) after a SIGKILL: the run resumes from the
     checkpoint ``train.save_every_minutes`` wrote last, takes no step up to it again, and ends with
     the weights of an uninterrupted run."""
-    common = ["train.epochs=3", "train.evaluate=false", "train.save_every_minutes=0.002"]
+    common = ["train.epochs=6", "train.evaluate=false", "train.save_every_minutes=0.004"]
     ref = _run_train(tmp_path / "ref", common, resume="auto")
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert "starting fresh" in ref.stdout
@@ -276,7 +276,9 @@ def test_sigkill_then_the_same_command_resumes_exactly(tmp_path):
     while time.monotonic() < deadline and proc.poll() is None:
         if status.is_file():
             info = json.loads(status.read_text())
-            if info["global_step"] >= 3 and info["step_in_epoch"] > 0:
+            taken = [r["global_step"] for r in _records(run) if r["kind"] == "train"]
+            # Mid-epoch, between two checkpoints: steps were taken since the last one.
+            if info["global_step"] >= 2 and info["step_in_epoch"] > 0 and taken and taken[-1] > info["global_step"]:
                 proc.send_signal(signal.SIGKILL)
                 break
         time.sleep(0.01)
@@ -302,6 +304,7 @@ def test_sigkill_then_the_same_command_resumes_exactly(tmp_path):
     assert steps == list(range(1, final + 1))  # every step recorded once, none up to the checkpoint redone
     resumes = [r for r in records if r["kind"] == "resume"]
     assert [(r["global_step"], r["steps_redone"]) for r in resumes] == [(saved, done - saved)]
+    assert done > saved  # the steps after the checkpoint were lost, and taken once more, recorded once
     assert records.index(resumes[0]) == steps.index(saved) + 1  # the restart continued right after it
 
 
@@ -433,3 +436,37 @@ def test_a_packaged_config_is_found_by_name(tmp_path, monkeypatch):
     assert by_name == by_path
     with pytest.raises(FileNotFoundError, match="refcoco-detris-b"):
         load_config("no-such-config")
+
+
+@pytest.mark.slow
+def test_ddp_skips_unreadable_items_like_one_process(tmp_path):
+    """Micro-batches of one item and two unreadable images: a rank whose micro-batch is all skipped
+    still takes part in the step (a weight-0 replay), so the run neither hangs nor differs from one
+    process skipping the same items."""
+    common = ["train.epochs=1", "train.max_steps=6", "train.evaluate=false", "train.batch_size=2",
+              "train.micro_batch_size=1", "model.overrides.decoder_dropout=0.0", "output.tensorboard=false",
+              "data.max_bad_items=100", "train.num_threads=1"]
+    for name in ("one", "two"):  # the scenes, then the same two images broken in each
+        prepared = _run_train(tmp_path / name, common + ["train.max_steps=1"])
+        assert prepared.returncode == 0, prepared.stderr[-3000:]
+        images = tmp_path / name / "data" / "images"
+        (images / "refcoco_000002.png").write_bytes(b"not an image")
+        (images / "refcoco_000005.png").unlink()
+        for old in [*(tmp_path / name / "checkpoints").iterdir(), tmp_path / name / "metrics.jsonl"]:
+            old.unlink()
+    single = _run_train(tmp_path / "one", common)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + [f"output.dir={tmp_path / 'two'}"] + common:
+        cmd += ["--set", item]
+    two = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one_records, two_records = _records(tmp_path / "one"), _records(tmp_path / "two")
+    print(f"bad items skipped: one process {one_records[-1].get('bad_items')}, two {two_records[-1].get('bad_items')}")
+    assert one_records[-1]["bad_items"] == two_records[-1]["bad_items"] > 0
+    assert [r["loss"] for r in one_records] == pytest.approx([r["loss"] for r in two_records], abs=1e-5)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in [k for k in a if "running_" not in k and "num_batches" not in k]:  # BN statistics: per process
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)

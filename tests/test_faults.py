@@ -297,3 +297,56 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes(tmp_path):
                              env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run / "summary.json").read_text())["global_step"] == status["global_step"] + 1
+
+
+def _break_two_images(run: Path) -> list[Path]:
+    """Write the run's synthetic scenes (one step), then truncate one training image and delete another."""
+    first = subprocess.run(_train_command(run, ["train.max_steps=1"]), env=_train_env(), capture_output=True,
+                           text=True, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    corrupt, missing = run / "data" / "images" / "refcoco_000002.png", run / "data" / "images" / "refcoco_000005.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    missing.unlink()
+    return [corrupt, missing]
+
+
+def _fresh(run: Path, extra: list[str]) -> subprocess.CompletedProcess:
+    """A new run over the same (damaged) scenes: no checkpoint, no records."""
+    for name in ("checkpoints", "metrics.jsonl", "summary.json"):
+        target = run / name
+        if target.is_dir():
+            for p in target.iterdir():
+                p.unlink()
+        elif target.exists():
+            target.unlink()
+    return subprocess.run(_train_command(run, ["train.epochs=2", *extra]), env=_train_env(), capture_output=True,
+                          text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_unreadable_training_images_are_an_error_or_skipped_up_to_max_bad_items(tmp_path):
+    run = tmp_path / "run"
+    broken = _break_two_images(run)
+    names = "|".join(re.escape(str(p)) for p in broken)
+
+    stopped = _fresh(run, [])
+    last = stopped.stderr.strip().splitlines()[-1]
+    print(f"default: exit {stopped.returncode}: {last}")
+    assert stopped.returncode == 2 and re.match(f"detris train: error: ({names}).* \\(ref \\d+, sentence \\d+\\)$", last)
+
+    skipped = _fresh(run, ["data.max_bad_items=100"])
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    warnings = [line for line in skipped.stderr.splitlines() if line.startswith("detris train: warning: skipped")]
+    assert warnings and all(re.search(f"({names}).* \\(ref \\d+, sentence \\d+\\)$", w) for w in warnings)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    counted = [r.get("bad_items", 0) for r in records if r["kind"] == "train"]
+    print(f"max_bad_items=100: {len(warnings)} warnings, metrics.jsonl bad_items {counted}")
+    assert counted == sorted(counted) and counted[-1] == len(warnings)
+    assert json.loads((run / "summary.json").read_text())["bad_items"] == len(warnings)
+
+    too_many = _fresh(run, ["data.max_bad_items=1"])
+    last = too_many.stderr.strip().splitlines()[-1]
+    print(f"max_bad_items=1: exit {too_many.returncode}: {last}")
+    assert too_many.returncode == 2, too_many.stderr[-3000:]
+    assert re.match(r"detris train: error: \d+ unreadable training items, more than data.max_bad_items=1; the last "
+                    f"one here: ({names}).* \\(ref \\d+, sentence \\d+\\)\\. Fix or remove the files", last), last

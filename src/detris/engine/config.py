@@ -124,7 +124,11 @@ class DataConfig:
     val_split: str = "val"  # refcoco+ validates on testB upstream
     input_size: int | None = None  # default: the variant's image_size (448)
     num_workers: int = 0
+    # An unreadable training image (corrupt or missing) met mid-epoch stops the run with an error naming
+    # the file and the ref. max_bad_items: N skips up to N such items over the run, each with a warning,
+    # counted in metrics.jsonl ("bad_items"); the next one is the error. skip_bad: true skips any number.
     skip_bad: bool = False
+    max_bad_items: int = 0
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
 
@@ -219,6 +223,8 @@ class RunConfig:
             raise ConfigError(f"train.micro_batch_size must be >= 1, got {t.micro_batch_size}")
         if t.save_every_steps < 0:
             raise ConfigError(f"train.save_every_steps must be >= 0, got {t.save_every_steps}")
+        if d.max_bad_items < 0:
+            raise ConfigError(f"data.max_bad_items must be >= 0, got {d.max_bad_items}")
         if t.save_every_minutes < 0:
             raise ConfigError(f"train.save_every_minutes must be >= 0, got {t.save_every_minutes}")
         if t.dist_timeout_s <= 0:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
 import random
 import signal
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from ..build import build_model
 from ..bundled import tiny_tower_paths
 from ..data.catalog import GREFCOCO, open_datasets
 from ..data.datasets import collate
+from ..data.images import ImageLoadError
 from ..evaluate import GRES_METRIC_KEYS, METRIC_KEYS, evaluate
 from ..modeling import DETRIS
 from ..precision import autocast, autocast_dtype
@@ -262,6 +266,14 @@ class _Run:
     stop_agreed: bool = False  # some rank saw SIGTERM by the last step: all ranks stop after it
     minutes: float = 0.0  # training minutes at the last optimizer step (reduced: the same on every rank)
     saved_minutes: float = 0.0  # ... at the last checkpoint (for train.save_every_minutes)
+    bad_items: int = 0  # unreadable training items skipped so far, over all ranks (data.max_bad_items)
+    bad_here: list[str] = field(default_factory=list)  # this rank's skip reasons since the last step
+    replay: dict[str, Any] | None = None  # this rank's last readable micro-batch (DDP, skipping on)
+
+    @property
+    def skipping(self) -> bool:
+        """Whether unreadable training items are skipped rather than an error at once."""
+        return self.cfg.data.skip_bad or self.cfg.data.max_bad_items > 0
 
     @property
     def per_step(self) -> bool:
@@ -301,7 +313,10 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
     # Same seed on every rank: every process builds the same (random-init) backbones and heads.
     mcfg = get_variant(cfg.model.variant, **cfg.model.overrides)  # sizes, without building anything
     backbones = _backbone_files(cfg)  # missing files fail before the data is written
-    train_ds, val_ds = build_datasets(cfg, run_dir, info, cfg.data.input_size or mcfg.image_size, mcfg.word_len)
+    # With data.max_bad_items the datasets hand over unreadable items as markers; the loop bounds them.
+    data_cfg = cfg if not cfg.data.max_bad_items else dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, skip_bad=True))
+    train_ds, val_ds = build_datasets(data_cfg, run_dir, info, cfg.data.input_size or mcfg.image_size, mcfg.word_len)
     _seed_everything(t.seed)
     model = _build_model(cfg, info, mcfg, backbones)
 
@@ -315,7 +330,8 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
     sampler = GlobalBatchSampler(len(train_ds), micro, accum, info.world_size, info.rank, t.seed)
     loader_gen = torch.Generator()  # workers' seeds come from here, never from the global RNG
     loader = DataLoader(
-        train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers, generator=loader_gen
+        train_ds, batch_sampler=sampler, collate_fn=_train_collate, num_workers=cfg.data.num_workers,
+        generator=loader_gen,
     )
     # The fused kernel updates every tensor in one pass (the same Adam arithmetic); the per-tensor loop
     # of the default costs several times more, which shows on small models.
@@ -371,6 +387,7 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
         run.scaler.load_state_dict(ckpt["scaler"])
         run.start_epoch, run.start_step, run.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         run.best = dict(ckpt["best"])
+        run.bad_items = int(ckpt.get("bad_items", 0))
         restore_rng(ckpt["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
         # The file loaded but its training state does not fit this run (another config, a damaged entry).
@@ -390,7 +407,7 @@ def _save(run: _Run, epoch: int, step_in_epoch: int) -> None:
         run.last_path, run.model, run.cfg.output.save_full,
         optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
         rng=capture_rng(), epoch=epoch, step_in_epoch=step_in_epoch, global_step=run.global_step,
-        best=run.best, config=config_to_dict(run.cfg),
+        best=run.best, bad_items=run.bad_items, config=config_to_dict(run.cfg),
     )
 
 
@@ -422,8 +439,20 @@ def _run_validation(run: _Run, epoch: int) -> None:
 
 
 def _micro_step(run: _Run, batch: dict[str, Any], last_micro: bool) -> torch.Tensor:
-    """Forward and backward of one micro-batch; returns its (detached) loss."""
+    """Forward and backward of one micro-batch; returns its (detached) loss.
+
+    A micro-batch whose items were all unreadable (skipped) adds nothing. Under DDP every rank must
+    still run a forward (DDP synchronises buffers and gradients there): that rank replays its last
+    readable micro-batch with weight 0 and its BatchNorm statistics frozen.
+    """
     t, dev = run.cfg.train, run.info.device
+    weight = 1.0
+    if "image" not in batch:
+        if not run.info.distributed:
+            return torch.zeros((), device=dev)
+        batch, weight = _replay(run), 0.0
+    elif run.info.distributed and run.skipping:
+        run.replay = batch
     images = batch["image"].to(dev, non_blocking=True)
     tokens = batch["tokens"].to(dev, non_blocking=True)
     mask = batch["mask"].to(dev, non_blocking=True)
@@ -431,11 +460,87 @@ def _micro_step(run: _Run, batch: dict[str, Any], last_micro: bool) -> torch.Ten
     no_target = torch.as_tensor(batch["no_target"], dtype=torch.bool, device=dev)
     # Only the last micro-batch of a step all-reduces gradients.
     sync: Any = run.ddp.no_sync() if run.info.distributed and not last_micro else contextlib.nullcontext()  # type: ignore[operator]
-    with sync:
+    frozen = _frozen_batchnorm(run.model) if weight == 0 else contextlib.nullcontext()
+    with sync, frozen:
         with autocast(t.precision, dev.type):
             loss = run.ddp(images, tokens, mask, no_target).loss.total
-        run.scaler.scale(loss.float() / run.accum).backward()
-    return loss.detach().float()
+        run.scaler.scale(loss.float() * weight / run.accum).backward()
+    return loss.detach().float() * weight
+
+
+def _replay(run: _Run) -> dict[str, Any]:
+    """This rank's last readable micro-batch; before there is one, the first readable training item."""
+    if run.replay is None:
+        item = next((it for it in map(run.train_ds.__getitem__, range(len(run.train_ds))) if "image" in it), None)
+        if item is None:
+            raise ImageLoadError("no training item can be read: every image is missing or damaged")
+        run.replay = collate([item]) or {}
+    return run.replay
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers keep their running statistics (momentum 0) and batch counts inside the block."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    kept = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(layers, kept):
+            m.momentum = momentum
+            if count is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def _train_collate(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """`collate` for training: a micro-batch whose items were all skipped still comes, without ``image``
+    (it counts as a micro-step on every rank); the skip reasons come along (``skip_reasons``)."""
+    out = collate(batch) or {}
+    out["skip_reasons"] = [str(m.get("reason") or m.get("skipped")) for m in batch
+                           if m is not None and "image" not in m]
+    return out
+
+
+def _batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """The loader's batches; an unreadable image's error raised in a loader worker comes back as its
+    own one-line message instead of the worker's traceback."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except ImageLoadError as exc:
+            text = str(exc).strip()
+            if text.startswith("Caught ") and "Original Traceback" in text:
+                last = text.splitlines()[-1]  # "detris.data.images.ImageLoadError: <message>"
+                raise type(exc)(last.split(": ", 1)[-1]) from None
+            raise
+        yield batch
+
+
+def _note_bad_items(run: _Run, batch: dict[str, Any]) -> None:
+    """Warn about the micro-batch's skipped items; they are counted over ranks at the optimizer step."""
+    for reason in batch.get("skip_reasons", []):
+        limit = "no limit (data.skip_bad)" if run.cfg.data.skip_bad else f"data.max_bad_items={run.cfg.data.max_bad_items}"
+        print(f"detris train: warning: skipped an unreadable training item ({limit}): {reason}", file=sys.stderr)
+        run.bad_here.append(reason)
+
+
+def _check_bad_items(run: _Run, new: int) -> None:
+    """Add the step's skipped items (over all ranks); past ``data.max_bad_items`` the run stops."""
+    run.bad_items += new
+    seen, run.bad_here = run.bad_here, []
+    limit = run.cfg.data.max_bad_items
+    if run.cfg.data.skip_bad or run.bad_items <= limit:
+        return
+    last = f"the last one here: {seen[-1]}" if seen else "see the other processes' warnings"
+    raise ImageLoadError(
+        f"{run.bad_items} unreadable training items, more than data.max_bad_items={limit}; {last}. Fix or "
+        "remove the files, or raise data.max_bad_items"
+    )
 
 
 def _optimizer_step(run: _Run, loss_sum: torch.Tensor, epoch: int) -> float:
@@ -446,7 +551,11 @@ def _optimizer_step(run: _Run, loss_sum: torch.Tensor, epoch: int) -> float:
     clock = torch.tensor((time.monotonic() - run.t0) / 60, device=run.info.device)
     # A SIGTERM seen by any rank travels with them too: every rank then stops after the same step.
     stop = torch.tensor(float(run.stop.is_set()), device=run.info.device)
-    step_loss, minutes, stopping = all_reduce_mean(torch.stack([loss_sum / run.accum, clock, stop]), run.info).tolist()
+    # And the number of unreadable items skipped (a mean over ranks: times the world size is the sum).
+    bad = torch.tensor(float(len(run.bad_here)), device=run.info.device)
+    step_loss, minutes, stopping, bad_mean = all_reduce_mean(
+        torch.stack([loss_sum / run.accum, clock, stop, bad]), run.info).tolist()
+    _check_bad_items(run, round(bad_mean * run.info.world_size))
     # Decided on the reduced value only: a signal arriving after the reduction waits for the next step,
     # else one rank would stop while another waits for it in the next reduction.
     run.stop_agreed = stopping > 0
@@ -469,7 +578,8 @@ def _optimizer_step(run: _Run, loss_sum: torch.Tensor, epoch: int) -> float:
         run.scheduler.update(run.global_step, minutes)
     if run.logger is not None:
         run.logger.log({"kind": "train", "epoch": epoch, "global_step": run.global_step, "loss": step_loss,
-                        "lr": lr_used, "minutes": round(minutes, 4)})
+                        "lr": lr_used, "minutes": round(minutes, 4),
+                        **({"bad_items": run.bad_items} if run.bad_items else {})})
         if run.pbar is not None:
             run.pbar.update(1)
             run.pbar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}")
@@ -484,9 +594,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[bool, int]:
     run.loader_gen.manual_seed(t.seed + epoch)
     step_in_epoch = run.sampler.start_step
     micro_idx, loss_sum = 0, torch.zeros((), device=run.info.device)
-    for batch in run.loader:
-        if batch is None:
-            continue
+    for batch in _batches(run.loader):
+        _note_bad_items(run, batch)
         micro_idx += 1
         loss_sum += _micro_step(run, batch, micro_idx == run.accum)
         if micro_idx < run.accum:
@@ -553,6 +662,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         "accumulation": run.accum,
         "run_dir": str(run.run_dir),
         "rank": run.info.rank,
+        "bad_items": run.bad_items,
     }
     if run.logger is not None:
         run.logger.close()
