@@ -350,3 +350,27 @@ def test_unreadable_training_images_are_an_error_or_skipped_up_to_max_bad_items(
     assert too_many.returncode == 2, too_many.stderr[-3000:]
     assert re.match(r"detris train: error: \d+ unreadable training items, more than data.max_bad_items=1; the last "
                     f"one here: ({names}).* \\(ref \\d+, sentence \\d+\\)\\. Fix or remove the files", last), last
+
+
+def test_full_disk_during_eval_predictions_says_which_file(model, tmp_path, tmpfs, capsys):
+    """``detris eval --save-predictions`` on a disk that fills up: one line, status 4, no partial mask."""
+    from detris.cli import main
+    from detris.data import synthetic
+
+    lay = synthetic.write_refer_layout(tmp_path / "refer", "refcoco", splits={"val": 6}, seed=1,
+                                       image_size=(64, 64), max_objects=3, max_expressions=2)
+    source = tmp_path / "model"
+    model.save_pretrained(source)
+    disk = tmpfs.mount(3 * PAGE)  # predictions.jsonl and two masks: one page each
+    out = disk / "predictions"
+    code = main(["eval", "--model", str(source), "--dataset", "refcoco", "--split", "val", "--data-root",
+                 str(lay.data_root), "--image-root", str(lay.image_root), "--device", "cpu",
+                 "--save-predictions", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    print(f"eval on a full disk: exit {code}: {err[-1]}")
+    assert code == 4, err
+    assert re.fullmatch(f"detris eval: error: could not write {re.escape(str(out))}/\\S+ "
+                        r"\(No space left on device; [\d.]+ k?B free on its file system\)", err[-1]), err[-1]
+    masks = sorted(p.name for p in out.glob("*.png"))
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert masks == sorted(r["mask"] for r in records)  # every mask on disk is a complete, recorded one

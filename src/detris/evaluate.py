@@ -29,6 +29,7 @@ threshold pixels.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -53,7 +54,7 @@ from .inference import Segmentation, segment
 from .metrics import PR_KEYS, SegmentationMeter, intersection_union
 from .modeling import DETRIS
 from .postprocess import DEFAULT_THRESHOLD
-from .utils import resolve_device
+from .utils import resolve_device, write_failure
 
 __all__ = ["GRES_METRIC_KEYS", "METRIC_KEYS", "PREDICTIONS_JSONL", "evaluate", "format_table",
            "json_safe"]
@@ -125,9 +126,10 @@ class _PredictionWriter:
             raise FileExistsError(f"--save-predictions: {self.directory} exists and is not a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._names: set[str] = set()
-        # Line-buffered text: every record reaches the file as soon as it is written, so an
-        # interrupted run keeps what it has scored.
-        self._jsonl: IO[str] = open(self.directory / PREDICTIONS_JSONL, "w", encoding="utf-8", buffering=1)
+        # Unbuffered: every record reaches the file as soon as it is written, so an interrupted run keeps
+        # what it has scored; a record a full disk cuts short is taken back (``_good`` bytes are whole lines).
+        self._jsonl: IO[bytes] = open(self.directory / PREDICTIONS_JSONL, "wb", buffering=0)
+        self._good = 0
         self.count = 0
 
     def _name(self, ref_id: Any, sent_id: Any, dataset: Any) -> str:
@@ -143,8 +145,22 @@ class _PredictionWriter:
         name = self._name(record["ref_id"], record["sent_id"], record.get("dataset", ""))
         path = self.directory / name
         if not cv2.imwrite(str(path), pred.astype(np.uint8) * 255):
-            raise OSError(f"could not write the prediction mask {path}")
-        self._jsonl.write(json.dumps(json_safe({**record, "mask": name}), ensure_ascii=False) + "\n")
+            path.unlink(missing_ok=True)  # no partial mask left behind
+            raise write_failure(path)
+        line = memoryview((json.dumps(json_safe({**record, "mask": name}), ensure_ascii=False) + "\n").encode())
+        try:
+            done = 0
+            while done < len(line):
+                written = self._jsonl.write(line[done:])
+                if not written:
+                    raise OSError(errno.EIO, "the file took no more bytes")
+                done += written
+        except OSError as err:  # a full disk: the mask and the partial record go, one line says why
+            self._jsonl.truncate(self._good)
+            self._jsonl.seek(self._good)
+            path.unlink(missing_ok=True)
+            raise write_failure(self.directory / PREDICTIONS_JSONL, err) from err
+        self._good += len(line)
         self.count += 1
         return name
 

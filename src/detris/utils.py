@@ -15,7 +15,7 @@ from typing import IO, Any
 import torch
 
 __all__ = ["FileWriteError", "atomic_write", "atomic_write_many", "atomic_write_with_side_files", "check_output_dir",
-           "free_space", "free_space_text", "resolve_device", "torch_write"]
+           "free_space", "free_space_text", "resolve_device", "torch_write", "write_failure"]
 
 
 class FileWriteError(OSError):
@@ -88,6 +88,19 @@ def _write_failure(err: BaseException, path: Path, tmp: str) -> FileWriteError |
     where = free_space_text(tmp or path)  # measured with the partial file still there: what was left
     detail = f"{reason} after {_size(written)} of it; {where}" if written else f"{reason}; {where}"
     return FileWriteError(code, detail, str(path))
+
+
+def write_failure(path: str | os.PathLike, err: BaseException | None = None) -> FileWriteError:
+    """The `FileWriteError` for a failed write of ``path`` done without `atomic_write`: ``err`` is what
+    the writer raised, or None for a writer that only returns False (``cv2.imwrite``); the free space
+    then tells a full disk from another I/O error."""
+    if err is not None:
+        found = _write_failure(err, Path(path), "")
+        if found is not None:
+            return found
+    free = free_space(path)
+    code = errno.ENOSPC if free is not None and free < _NEARLY_FULL else errno.EIO
+    return FileWriteError(code, f"{os.strerror(code)}; {free_space_text(path)}", str(path))
 
 
 def _umask() -> int:
