@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -73,6 +74,12 @@ def _join_group(backend: str, rank: int, world: int, timeout_s: float) -> None:
     """``init_process_group`` bounded by ``timeout_s``, plus one collective so that a peer that cannot
     be reached fails here, with a message saying what to change, rather than at the first step."""
     timeout = timedelta(seconds=timeout_s)
+    if rank > 0:
+        # The processes that must reach the master say so first (and rank 0, which waits for them,
+        # a little later): under torchrun a failing process makes the agents stop the others.
+        unreachable = _unreachable_master(_MASTER_SHARE * timeout_s)
+        if unreachable is not None:
+            raise DistributedSetupError(_rendezvous_failure(rank, world, timeout_s, unreachable))
     try:
         dist.init_process_group(backend=backend, timeout=timeout)
         dist.barrier()
@@ -80,6 +87,27 @@ def _join_group(backend: str, rank: int, world: int, timeout_s: float) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
         raise DistributedSetupError(_rendezvous_failure(rank, world, timeout_s, err)) from err
+
+
+#: Share of ``train.dist_timeout_s`` a non-master process waits for the master's address to answer.
+_MASTER_SHARE = 0.8
+
+
+def _unreachable_master(seconds: float) -> OSError | None:
+    """Try to open a connection to ``MASTER_ADDR:MASTER_PORT`` until one succeeds (None) or ``seconds``
+    pass (the last error)."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return None  # another init method: init_process_group says what is missing
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((addr, int(port)), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+                return None
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                return err
+            time.sleep(0.2)
 
 
 def _rendezvous_failure(rank: int, world: int, timeout_s: float, err: BaseException) -> str:

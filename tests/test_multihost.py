@@ -1,0 +1,160 @@
+"""Two hosts made of two network namespaces joined by a veth pair, one ``torchrun`` agent in each.
+
+The test creates the namespaces and removes them (root and ``ip netns`` needed: skipped otherwise);
+traffic stays inside them: addresses 10.231.N.1 / 10.231.N.2 on the pair, nothing routed further.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+PORT = 29411
+
+# A few-second run (as in test_engine.py), validated, no dropout: every process computes the same thing.
+TINY = [
+    "model.overrides.image_size=56", "data.synthetic.train_images=8", "data.synthetic.val_images=2",
+    "data.synthetic.test_images=0", "data.synthetic.image_size=[64, 64]", "data.synthetic.max_objects=3",
+    "train.batch_size=4", "train.micro_batch_size=2", "train.lr=1e-3", "train.milestones=[2]",
+    "output.progress=false", "output.plot=false", "output.tensorboard=false", "train.lr_schedule=multistep",
+    "train.dice_weight=0.0", "train.max_minutes=null", "data.num_workers=0", "train.num_threads=1",
+    "train.epochs=1", "train.max_steps=3", "train.evaluate=true", "model.overrides.decoder_dropout=0.0",
+]
+
+
+class Hosts:
+    """Namespaces ``a`` and ``b`` with one veth pair; ``address[x]`` and ``iface[x]`` per host."""
+
+    def __init__(self, tag: str, subnet: int) -> None:
+        self.ns = {"a": f"dt{tag}a", "b": f"dt{tag}b"}
+        self.iface = {"a": f"dt{tag}va", "b": f"dt{tag}vb"}
+        self.address = {"a": f"10.231.{subnet}.1", "b": f"10.231.{subnet}.2"}
+
+    def create(self) -> None:
+        _ip("link", "add", self.iface["a"], "type", "veth", "peer", "name", self.iface["b"])
+        for host in ("a", "b"):
+            _ip("netns", "add", self.ns[host])
+            _ip("link", "set", self.iface[host], "netns", self.ns[host])
+            _ip("-n", self.ns[host], "addr", "add", f"{self.address[host]}/24", "dev", self.iface[host])
+            _ip("-n", self.ns[host], "link", "set", self.iface[host], "up")
+            _ip("-n", self.ns[host], "link", "set", "lo", "up")
+
+    def remove(self) -> None:
+        for ns in self.ns.values():  # deleting a namespace deletes its end of the pair, and so the pair
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    def agent(self, host: str, out: Path, extra_agent: list[str], extra: list[str]) -> subprocess.Popen:
+        """``torchrun`` for two hosts (c10d rendezvous at host a), started in ``host``'s namespace."""
+        cmd = ["ip", "netns", "exec", self.ns[host], "env", "OMP_NUM_THREADS=1",
+               f"GLOO_SOCKET_IFNAME={self.iface[host]}", sys.executable, "-m", "torch.distributed.run",
+               "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"{self.address['a']}:{PORT}", "--rdzv-id", f"detris-{out.name}", *extra_agent,
+               "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml"), "--resume", "auto"]
+        for item in TINY + [f"output.dir={out}", *extra]:
+            cmd += ["--set", item]
+        return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("two hosts are two network namespaces: needs root and `ip netns`")
+    made = Hosts(str(os.getpid() % 100000), os.getpid() % 250 + 1)
+    try:
+        made.create()
+    except subprocess.CalledProcessError as err:
+        made.remove()
+        pytest.skip(f"cannot make network namespaces here: {err.stderr.strip()}")
+    try:
+        yield made
+    finally:
+        made.remove()
+
+
+def _finish(agents: dict[str, subprocess.Popen], timeout: float) -> dict[str, tuple[int, str, str]]:
+    """Wait for both agents; kill what is left of one that overruns (its own process group)."""
+    done: dict[str, tuple[int, str, str]] = {}
+    deadline = time.monotonic() + timeout
+    for host, proc in agents.items():
+        try:
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        done[host] = (proc.returncode, out, err)
+    return done
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_two_hosts_train_as_two_processes_on_one_host(hosts, tmp_path):
+    """With the documented options (is_host on the rendezvous host, --local-addr and the interface on
+    each), losses, weights, BatchNorm buffers and validation metrics equal two processes on one host."""
+    agents = {"a": hosts.agent("a", tmp_path / "hosts", ["--rdzv-conf", "is_host=1", "--local-addr",
+                                                         hosts.address["a"]], []),
+              "b": hosts.agent("b", tmp_path / "hosts", ["--local-addr", hosts.address["b"]], [])}
+    done = _finish(agents, 300)
+    for host, (code, _, err) in done.items():
+        assert code == 0, f"host {host}: {err[-3000:]}"
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + [f"output.dir={tmp_path / 'local'}"]:
+        cmd += ["--set", item]
+    local = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                           timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    a, b = _records(tmp_path / "hosts"), _records(tmp_path / "local")
+    assert [(r["kind"], r.get("loss"), r.get("mIoU"), r.get("oIoU")) for r in a] == \
+        [(r["kind"], r.get("loss"), r.get("mIoU"), r.get("oIoU")) for r in b]
+    wa = torch.load(tmp_path / "hosts" / "checkpoints" / "last.pt", weights_only=True)["weights"]
+    wb = torch.load(tmp_path / "local" / "checkpoints" / "last.pt", weights_only=True)["weights"]
+    diff = max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
+    val = [r for r in a if r["kind"] == "val"][-1]
+    print(f"2 hosts vs 2 processes: max weight/buffer difference {diff}; val mIoU {val['mIoU']:.6f} both")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_master_address_the_other_host_cannot_reach_fails_in_time(hosts, tmp_path):
+    """Without --local-addr the workers are told a master address that resolves to each host's own
+    loopback: the run ends within train.dist_timeout_s with the line naming the address and the fix."""
+    start = time.monotonic()
+    agents = {"a": hosts.agent("a", tmp_path / "run", ["--rdzv-conf", "is_host=1"], ["train.dist_timeout_s=20"]),
+              "b": hosts.agent("b", tmp_path / "run", [], ["train.dist_timeout_s=20"])}
+    done = _finish(agents, 120)
+    elapsed = time.monotonic() - start
+    lines = [line for _, _, err in done.values() for line in err.splitlines() if line.startswith("detris train")]
+    print(f"unreachable master: exit codes {[code for code, _, _ in done.values()]} after {elapsed:.0f} s: {lines}")
+    assert all(code != 0 for code, _, _ in done.values())
+    assert elapsed < 20 + 40  # the timeout, plus starting the agents and Python on a busy machine
+    assert lines and all("could not form the process group with the master " in line and "--local-addr" in line
+                         and "GLOO_SOCKET_IFNAME" in line for line in lines), lines
