@@ -249,11 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # its traceback.
         print(f"detris {args.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
     except FileWriteError as err:
         # An output could not be written (a full disk): the file and the free space, in one line.
         print(f"detris {args.command}: error: {err}", file=sys.stderr)
         return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())
