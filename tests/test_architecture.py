@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 APPLICATIONS = ("detris.cli", "detris.app", "detris.demo", "detris.engine", "detris.__main__")
 SERVICES = ("detris.pretrained", "detris.predictor", "detris.evaluate", "detris.export", "detris.fetch",
-            "detris.released")
+            "detris.released", "detris.collection")
 FACADE = "detris"  # the package root re-exports the public API of every layer
 
 

@@ -8,18 +8,24 @@ letterbox to the original size -> ``prob > threshold``). So a mask from `Predict
 ``detris eval --save-predictions`` writes for the same model, image and sentence.
 
 Several expressions for one image are run as one batch; the image is pre-processed once.
+`Predictor.predict_many` segments a stream of images, each with its own expressions: DataLoader workers
+read, letterbox and tokenize while the model runs, and forwards are filled across images.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .data.images import ImageInput, load_image
+from .data.transforms import Letterbox
 from .inference import prepare_image, segment
 from .modeling import DETRIS
 from .precision import INT8, dtype_name, quantize_vision_int8, resolve_dtype
@@ -27,7 +33,7 @@ from .processing import ProcessingConfig
 from .tokenizer import shared_tokenizer, tokenize
 from .utils import resolve_device
 
-__all__ = ["NO_MATCH", "Prediction", "Predictor", "check_texts"]
+__all__ = ["NO_MATCH", "ImagePredictions", "Prediction", "Predictor", "check_texts"]
 
 #: What a no-target prediction is called in files and on the web page.
 NO_MATCH = "no matching object"
@@ -91,6 +97,88 @@ def check_texts(texts: str | Sequence[str], word_len: int) -> tuple[list[str], l
             raise ValueError(f"expression {k} ({text!r}) has no tokens after text clean-up; use words")
         truncated.append(n + 2 > word_len)  # + start and end tokens
     return texts, truncated
+
+
+@dataclass
+class ImagePredictions:
+    """What `Predictor.predict_many` yields for one input image.
+
+    Attributes:
+        index: the position of the image in the input stream (0-based).
+        image: the image as given (a path stays a path).
+        predictions: one `Prediction` per expression, in the order given; empty when ``error`` is set.
+        error: why the image (or one of its expressions) could not be used; None when all went well.
+        rgb: the decoded ``(H, W, 3)`` uint8 image when ``keep_images`` was asked for, else None.
+    """
+
+    index: int
+    image: ImageInput
+    predictions: list[Prediction]
+    error: Exception | None = None
+    rgb: np.ndarray | None = None
+
+
+@dataclass
+class _Prepared:
+    """One image read, letterboxed and tokenized (in a DataLoader worker or inline)."""
+
+    index: int
+    image: ImageInput
+    texts: list[str] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    pixels: torch.Tensor | None = None  # (3, S, S) float32
+    tokens: torch.Tensor | None = None  # (n, word_len) long
+    box: Letterbox | None = None
+    rgb: np.ndarray | None = None
+    error: Exception | None = None
+    results: list[Prediction | None] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.error is not None or all(r is not None for r in self.results)
+
+
+def _prepare(index: int, image: ImageInput, texts: str | Sequence[str], input_size: int, word_len: int,
+             keep_rgb: bool) -> _Prepared:
+    """Read, letterbox and tokenize one image; an unreadable image or a bad expression becomes ``error``."""
+    item = _Prepared(index, image)
+    try:
+        item.texts, item.truncated = check_texts(texts, word_len)
+        rgb = load_image(image)
+    except (ValueError, TypeError) as exc:  # ImageLoadError is a ValueError
+        item.error = exc
+        return item
+    item.pixels, item.box = prepare_image(rgb, input_size)
+    item.tokens = tokenize(item.texts, context_length=word_len)
+    item.rgb = rgb if keep_rgb else None
+    item.results = [None] * len(item.texts)
+    return item
+
+
+class _PreparedStream(IterableDataset):
+    """``(image, expressions)`` pairs -> `_Prepared` items; worker ``w`` of ``k`` takes items ``i % k == w``,
+    so the DataLoader (which visits its workers in turn) hands them back in input order."""
+
+    def __init__(self, items: Iterable[tuple[ImageInput, str | Sequence[str]]], input_size: int, word_len: int,
+                 keep_rgb: bool) -> None:
+        self.items, self.input_size, self.word_len, self.keep_rgb = items, input_size, word_len, keep_rgb
+
+    def __iter__(self) -> Iterator[_Prepared]:
+        info = get_worker_info()
+        share, of = (info.id, info.num_workers) if info is not None else (0, 1)
+        for index, pair in enumerate(self.items):
+            if index % of != share:
+                continue
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                bad = TypeError(f"item {index}: expected an (image, expressions) pair, got {type(pair).__name__}")
+                yield _Prepared(index, "<not an (image, expressions) pair>", error=bad)
+                continue
+            yield _prepare(index, pair[0], pair[1], self.input_size, self.word_len, self.keep_rgb)
+
+
+def _no_collate(item: Any) -> Any:
+    """The loader hands each `_Prepared` item over as it is (no batching: forwards are filled later)."""
+    return item
 
 
 class Predictor:
@@ -177,9 +265,7 @@ class Predictor:
             ImageLoadError: the image cannot be read (names the file and the reason).
             ValueError: an empty expression, or a threshold outside (0, 1).
         """
-        threshold = self.processing.threshold if threshold is None else threshold
-        if not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) < 1.0):
-            raise ValueError(f"threshold must be a number strictly between 0 and 1, got {threshold!r}")
+        threshold = self._checked_threshold(threshold)
         texts, truncated = check_texts(texts, self.word_len)
         rgb = load_image(image)
         pixels, box = prepare_image(rgb, self.image_size)
@@ -196,6 +282,91 @@ class Predictor:
                                       seg.no_target[k], seg.no_target_probabilities[k]))
         return out
 
+    def predict_many(
+        self,
+        items: Iterable[tuple[ImageInput, str | Sequence[str]]],
+        threshold: float | None = None,
+        batch_size: int | None = None,
+        workers: int = 0,
+        batch_invariant: bool = True,
+        skip_errors: bool = False,
+        keep_images: bool = False,
+    ) -> Iterator[ImagePredictions]:
+        """Segment a stream of images, each with its own expressions; results come as they are ready.
+
+        Workers (a ``torch.utils.data.DataLoader``) read, letterbox and tokenize the next images while
+        the model runs; the expressions of consecutive images fill forwards of ``batch_size``.
+
+        Args:
+            items: ``(image, expressions)`` pairs: an image as `predict` takes it (a path, a PIL image, an
+                array) and one expression or a list of them. With ``workers > 0`` each worker process
+                iterates its own copy of ``items`` (a list, or a generator under the ``fork`` start method).
+            threshold: as in `predict`.
+            batch_size: most expressions per forward (default ``max_batch``).
+            workers: loader worker processes (0: read in this process, between forwards).
+            batch_invariant: run the model on one expression at a time inside each batch, so that every
+                mask equals the one `predict` gives for that image and that expression alone (and the one
+                ``detris eval`` gives), bit for bit. False: one forward per batch (faster, most of all on
+                a GPU); a pixel whose probability lies at the threshold may then differ.
+            skip_errors: an unreadable image (or an empty expression) is yielded with ``error`` set
+                instead of raising.
+            keep_images: also yield the decoded ``(H, W, 3)`` image (for overlays).
+
+        Yields:
+            one `ImagePredictions` per item, in input order; masks are bool ``(H_i, W_i)``.
+
+        Raises:
+            ImageLoadError: an unreadable image (unless ``skip_errors``).
+            ValueError: an empty expression (unless ``skip_errors``), a bad threshold or batch size.
+        """
+        threshold = self._checked_threshold(threshold)
+        batch_size = self.max_batch if batch_size is None else int(batch_size)
+        if batch_size < 1 or int(workers) < 0:
+            raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
+        stream = _PreparedStream(items, self.image_size, self.word_len, keep_images)
+        # (No cv2.setNumThreads in the workers: in a forked child it waits forever for the parent's pool.)
+        loader = DataLoader(stream, batch_size=None, num_workers=int(workers), collate_fn=_no_collate,
+                            pin_memory=self.device.type == "cuda")
+        waiting: deque[_Prepared] = deque()  # in input order; the head is yielded once complete
+        slots: list[tuple[_Prepared, int]] = []  # expressions waiting for a forward
+        for item in loader:
+            if item.error is not None and not skip_errors:
+                raise item.error
+            waiting.append(item)
+            slots.extend((item, k) for k in range(len(item.results)))
+            while len(slots) >= batch_size:
+                self._forward_slots(slots[:batch_size], threshold, batch_invariant)
+                del slots[:batch_size]
+            yield from _pop_complete(waiting)
+        if slots:
+            self._forward_slots(slots, threshold, batch_invariant)
+        yield from _pop_complete(waiting)
+
+    def _checked_threshold(self, threshold: float | None) -> float:
+        threshold = self.processing.threshold if threshold is None else threshold
+        if not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) < 1.0):
+            raise ValueError(f"threshold must be a number strictly between 0 and 1, got {threshold!r}")
+        return float(threshold)
+
+    def _forward_slots(self, slots: Sequence[tuple[_Prepared, int]], threshold: float, batch_invariant: bool) -> None:
+        """One forward over ``(image, expression index)`` slots; stores each `Prediction` in its image."""
+        images = torch.stack([item.pixels for item, _ in slots]).to(self.device)  # type: ignore[misc]
+        tokens = torch.stack([item.tokens[k] for item, k in slots]).to(self.device)  # type: ignore[index]
+        boxes = [item.box for item, _ in slots]
+        seg = segment(self.model, images, tokens, boxes, threshold=threshold,  # type: ignore[arg-type]
+                      dtype=self._autocast_dtype, batch_invariant=batch_invariant)
+        for j, ((item, k), mask) in enumerate(zip(slots, seg.masks)):
+            item.results[k] = Prediction(item.texts[k], mask, seg.probabilities[j], item.truncated[k],
+                                         seg.no_target[j], seg.no_target_probabilities[j])
+
     def __repr__(self) -> str:
         name = self.model.config.name
         return f"Predictor({name}, device={self.device}, dtype={dtype_name(self.dtype)}, input={self.image_size}px)"
+
+
+def _pop_complete(waiting: deque[_Prepared]) -> Iterator[ImagePredictions]:
+    """Yield the finished images at the head of ``waiting`` (input order kept)."""
+    while waiting and waiting[0].complete:
+        item = waiting.popleft()
+        preds = [] if item.error is not None else [r for r in item.results if r is not None]
+        yield ImagePredictions(item.index, item.image, preds, item.error, item.rgb)

@@ -160,6 +160,44 @@ def _add_info_and_conversion(sub: Any) -> None:
     p.set_defaults(func=_cmd_convert_official)
 
 
+def _add_predict_parser(sub: Any) -> None:
+    """``detris predict``: ``--image`` (one image or a folder, the same ``--text``) or ``--input`` (a collection)."""
+    p = sub.add_parser("predict", help="segment the objects that expressions refer to in your images",
+                       description="One image or a folder with the same --text for every image (--image), or a "
+                                   "whole collection, each image with its own expressions (--input MANIFEST.jsonl).")
+    _add_model_arguments(p, required=False)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="an image file, or a folder of images (with --text)")
+    source.add_argument("--input", metavar="MANIFEST.jsonl",
+                        help='a collection: one JSON object per line, {"image": "path", "expressions": ["...", '
+                             '"..."]} (or "text": "..."), paths relative to the manifest\'s folder; writes '
+                             "OUT/predictions.jsonl (COCO RLE, box, area, score per expression) and OUT/errors.jsonl")
+    p.add_argument("--text", action="append", metavar="EXPRESSION",
+                   help="referring expression for --image (repeatable: one mask per expression)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold (default: the model's stored one, 0.35 in the official protocol)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; under "
+                                                  "torchrun cuda:LOCAL_RANK)")
+    _add_dtype_argument(p, "auto")
+    group = p.add_argument_group("collections (--input)")
+    group.add_argument("--batch-size", type=int, default=8, help="expressions per forward, across images (default 8)")
+    group.add_argument("--workers", type=int, default=2,
+                       help="loader processes that read, letterbox and tokenize images ahead of the model (default 2)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run in OUT: skip the pairs already in its predictions")
+    group.add_argument("--strict", action="store_true", help="refuse a manifest with any bad line (default: skip "
+                                                             "bad lines and list them in errors.jsonl)")
+    group.add_argument("--save-masks", action="store_true", help="also write OUT/masks/*.png (0/255)")
+    group.add_argument("--overlays", action="store_true", help="also write OUT/overlays/*.png")
+    group.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the model one expression at a time inside each batch so that every mask equals "
+                            "`detris predict --image X --text Y` and `detris eval` bit for bit (default); "
+                            "--no-batch-invariant: one forward per batch, faster (most of all on a GPU), a pixel "
+                            "at the threshold may differ")
+    p.set_defaults(func=_cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detris", description="DETRIS referring image segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,17 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change a demo setting, e.g. --set train.lr=2e-3 (as `detris train --set`)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("predict", help="segment the objects that expressions refer to in your images")
-    _add_model_arguments(p, required=False)
-    p.add_argument("--image", required=True, help="an image file, or a folder of images")
-    p.add_argument("--text", action="append", required=True, metavar="EXPRESSION",
-                   help="referring expression (repeatable: one mask per expression)")
-    p.add_argument("--out", required=True, help="output folder for masks, overlays and predictions.json")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="probability threshold (default: the model's stored one, 0.35 in the official protocol)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    _add_dtype_argument(p, "auto")
-    p.set_defaults(func=_cmd_predict)
+    _add_predict_parser(sub)
 
     p = sub.add_parser("serve", help="web demo (Gradio)")
     _add_model_arguments(p, required=False)

@@ -1,4 +1,6 @@
-"""``detris predict``: masks, overlays and ``predictions.json`` for one image or a folder of them."""
+"""``detris predict``: masks, overlays and ``predictions.json`` for one image or a folder of them
+(``--image``), or ``predictions.jsonl`` for a whole collection (``--input MANIFEST.jsonl``,
+`detris.collection`)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from ..predictor import NO_MATCH, Predictor, check_texts
 from ..pretrained import resolve_model_dir
 from ..utils import check_output_dir
 
-__all__ = ["IMAGE_SUFFIXES", "run_predict_command"]
+__all__ = ["IMAGE_SUFFIXES", "run_collection_command", "run_predict_command"]
+
+#: Options that only mean something for a collection, with their defaults.
+_COLLECTION_ONLY = {"resume": False, "strict": False, "save_masks": False, "overlays": False}
 
 #: File suffixes ``detris predict --image FOLDER`` picks up (case-insensitive).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -46,18 +51,78 @@ def _output_stems(files: Sequence[Path]) -> Iterator[str]:
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
-    """``detris predict``: masks, overlays and ``predictions.json`` for one image or a folder of them.
+    """``detris predict``: masks, overlays and ``predictions.json`` for one image or a folder of them
+    (``--image``), or ``predictions.jsonl`` for a collection (``--input``, `run_collection_command`).
 
     A single unreadable image is an error (exit 2); in a folder, unreadable images are listed under
     ``"errors"`` in ``predictions.json`` and on stderr, and the others are still processed.
     """
+    if args.input is not None:
+        return run_collection_command(args)
+    return _run_images(args)
+
+
+def _check_mode(args: argparse.Namespace) -> None:
+    """Options of the other mode are refused rather than ignored."""
+    if args.input is not None and args.text:
+        raise ValueError("--text goes with --image; with --input each manifest line carries its own expressions")
+    if args.input is None:
+        if not args.text:
+            raise ValueError("--image needs at least one --text EXPRESSION (or give a manifest with --input)")
+        used = [k for k, default in _COLLECTION_ONLY.items() if getattr(args, k, default) != default]
+        if used:
+            raise ValueError(f"--{used[0].replace('_', '-')} works with --input MANIFEST.jsonl, not with --image")
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise ValueError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+
+
+def run_collection_command(args: argparse.Namespace) -> int:
+    """``detris predict --input MANIFEST.jsonl``: one process, or one rank of a ``torchrun`` launch."""
+    import torch
+
+    from ..collection import CollectionOptions, join_ranks, leave_ranks, segment_collection
+
+    _check_mode(args)
+    ranks = join_ranks()
+    try:
+        device = args.device
+        if device is None and ranks.world_size > 1 and torch.cuda.is_available():
+            device = f"cuda:{ranks.local_rank}"
+        # Rank 0 resolves (and downloads) the model first; the others then find it in the cache.
+        if ranks.rank == 0:
+            model_dir = resolve_model_dir(args.model, args.word_len)
+        ranks.barrier()
+        if ranks.rank != 0:
+            model_dir = resolve_model_dir(args.model, args.word_len)
+        predictor = Predictor.from_pretrained(model_dir, device=device, dtype=args.dtype)
+        options = CollectionOptions(batch_size=args.batch_size, workers=args.workers, resume=args.resume,
+                                    strict=args.strict, save_masks=args.save_masks, overlays=args.overlays,
+                                    threshold=args.threshold, batch_invariant=args.batch_invariant,
+                                    progress=sys.stderr.isatty())
+        summary = segment_collection(predictor, args.input, args.out, options, ranks)
+    finally:
+        leave_ranks()
+    if ranks.rank == 0:
+        out = Path(args.out).expanduser()
+        problems = f"; {summary['errors']} unreadable image(s), {summary['bad_lines']} bad line(s) in {out / 'errors.jsonl'}"
+        print(f"detris predict: {summary['expressions']} expression(s) of {summary['images']} image(s) segmented"
+              + (f" by rank 0 of {ranks.world_size}" if ranks.world_size > 1 else "")
+              + (f", {summary['already_done']} already done" if args.resume else "")
+              + f" with {args.model} -> {out / 'predictions.jsonl'} ({summary['written']} line(s))"
+              + (problems if summary["errors"] or summary["bad_lines"] else ""))
+    return 0
+
+
+def _run_images(args: argparse.Namespace) -> int:
+    """``detris predict --image``: one image or a folder, the same expressions for each."""
     import cv2
     from tqdm import tqdm
 
     from ..visualize import render_overlay
 
-    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
-        raise ValueError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
+    _check_mode(args)
     image_arg = Path(args.image).expanduser()
     files = _image_files(image_arg)
     out_dir = Path(args.out).expanduser()
