@@ -52,6 +52,17 @@ class Hosts:
             _ip("-n", self.ns[host], "link", "set", self.iface[host], "up")
             _ip("-n", self.ns[host], "link", "set", "lo", "up")
 
+    def crash(self, host: str) -> int:
+        """SIGKILL every process in ``host``'s namespace (the agent and its workers, which torchrun starts
+        in sessions of their own), as a host that loses power; returns how many there were."""
+        pids = subprocess.run(["ip", "netns", "pids", self.ns[host]], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # already gone
+        return len(pids)
+
     def remove(self) -> None:
         for ns in self.ns.values():  # deleting a namespace deletes its end of the pair, and so the pair
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
@@ -158,3 +169,59 @@ def test_master_address_the_other_host_cannot_reach_fails_in_time(hosts, tmp_pat
     assert elapsed < 20 + 40  # the timeout, plus starting the agents and Python on a busy machine
     assert lines and all("could not form the process group with the master " in line and "--local-addr" in line
                          and "GLOO_SOCKET_IFNAME" in line for line in lines), lines
+
+
+def _wait_for_step(run: Path, step: int, agents: dict[str, subprocess.Popen], seconds: float) -> None:
+    """Until ``checkpoints/last.json`` reaches ``step`` (both agents still running)."""
+    status = run / "checkpoints" / "last.json"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert all(p.poll() is None for p in agents.values()), "an agent ended before the fault"
+        if status.is_file():
+            try:
+                if json.loads(status.read_text())["global_step"] >= step:
+                    return
+            except ValueError:
+                pass  # being replaced
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached in {seconds} s")
+
+
+@pytest.mark.slow
+def test_elastic_run_survives_a_killed_host(hosts, tmp_path):
+    """``--nnodes 1:2 --max-restarts 2``: host b crashes (SIGKILL to its agent and its worker) mid-run;
+    host a re-forms the group alone, resumes from the last checkpoint with the same command and ends
+    with the weights of an uninterrupted one-process run (the global batch and micro-batch fixed)."""
+    run = tmp_path / "elastic"
+    steps = ["train.epochs=4", "train.max_steps=16", "train.evaluate=false", "train.save_every_steps=1"]
+    elastic = ["--nnodes", "1:2", "--max-restarts", "2", "--rdzv-conf", "is_host=1,last_call_timeout=2"]
+    agents = {"a": hosts.agent("a", run, [*elastic, "--local-addr", hosts.address["a"]], steps),
+              "b": hosts.agent("b", run, [*elastic, "--local-addr", hosts.address["b"]], steps)}
+    try:
+        _wait_for_step(run, 4, agents, 240)
+        assert hosts.crash("b") >= 2  # the agent and its worker
+        killed_at = json.loads((run / "checkpoints" / "last.json").read_text())["global_step"]
+    finally:
+        done = _finish(agents, 300)
+    code, _, err = done["a"]
+    assert code == 0, err[-3000:]
+    assert done["b"][0] == -signal.SIGKILL
+
+    cmd = [sys.executable, "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + steps + [f"output.dir={tmp_path / 'one'}"]:
+        cmd += ["--set", item]
+    one = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    wa = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["weights"]
+    wb = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)["weights"]
+    params = [k for k in wa if "running_" not in k and "num_batches" not in k]  # BN statistics: per process
+    diff = max((wa[k].double() - wb[k].double()).abs().max().item() for k in params)
+    records = _records(run)
+    train_steps = [r["global_step"] for r in records if r["kind"] == "train"]
+    resumes = [r for r in records if r["kind"] == "resume"]
+    print(f"elastic: host b killed at checkpoint step {killed_at}; resumed at {[r['global_step'] for r in resumes]} "
+          f"(steps redone {[r['steps_redone'] for r in resumes]}); finished at step {train_steps[-1]}; "
+          f"max parameter difference to one process {diff}")
+    assert train_steps == list(range(1, 17)) and len(resumes) == 1 and resumes[0]["global_step"] >= killed_at
+    assert all(torch.equal(wa[k], wb[k]) for k in params)
