@@ -181,3 +181,23 @@ def test_the_model_has_one_forward():
     fn = next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "forward")
     assert [a.arg for a in fn.args.args] == ["self", "images", "tokens"]
     assert ast.unparse(fn.returns) == "DetrisOutput"
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function without its docstring."""
+    lines = fn.end_lineno - fn.lineno + 1  # type: ignore[operator]
+    first = fn.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1  # type: ignore[operator]
+    return lines
+
+
+def test_no_function_is_longer_than_80_lines():
+    """A function that does not fit a screen does several things: split it (docstrings not counted)."""
+    long = [
+        f"{name}.{node.name} ({_body_lines(node)} lines)"
+        for name, tree in TREES.items()
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > 80
+    ]
+    assert not long, f"functions over 80 lines: {long}"
