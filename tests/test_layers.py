@@ -155,3 +155,6 @@ def test_a_model_whose_parts_disagree_with_its_config_is_refused():
     with pytest.raises(ValueError, match="no-target head"):
         DETRIS(model.config.replace(no_target_head=True), model.txt_backbone, model.dinov2, model.neck,
                model.decoder, model.proj)
+    with pytest.raises(ValueError, match="word_len 224/22 disagree"):
+        DETRIS(model.config, model.txt_backbone, model.dinov2, model.neck, model.decoder, model.proj,
+               processing=ProcessingConfig(input_size=model.config.image_size, word_len=22))

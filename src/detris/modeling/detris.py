@@ -76,6 +76,11 @@ class DETRIS(nn.Module):
                 f"config.no_target_head is {config.no_target_head} but a no-target head was "
                 f"{'given' if no_target_head is not None else 'not given'}"
             )
+        if processing is not None and (processing.input_size, processing.word_len) != (config.image_size, config.word_len):
+            raise ValueError(
+                f"processing input_size/word_len {processing.input_size}/{processing.word_len} disagree with the "
+                f"config's image_size/word_len {config.image_size}/{config.word_len}"
+            )
         self.config = config
         self.processing = processing if processing is not None else ProcessingConfig.for_model(config)
         self.txt_backbone = txt_backbone
