@@ -28,6 +28,9 @@ from detris.data.images import ImageLoadError
 from detris.predictor import Predictor
 from model_fixtures import save_random_tiny
 
+# pycocotools built against NumPy 1 warns about the `copy` keyword on every decode under NumPy 2.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 FIELDS = {"image", "expression", "rle", "bbox", "area", "score", "no_target"}
 FLOAT32 = ["--device", "cpu", "--dtype", "float32"]  # the default (auto) may pick bfloat16
 
@@ -245,6 +248,29 @@ def test_resume_after_a_torn_line_and_other_world_sizes(model_dir, collection, r
                            "--resume", *FLOAT32])
     assert rc == 0 and "0 expression(s)" in stdout and "12 already done" in stdout
     assert (torn / PREDICTIONS_FILE).read_bytes() == full
+
+
+def test_a_failed_write_stops_the_run_and_resume_completes_it(model_dir, collection, reference, tmp_path,
+                                                              monkeypatch):
+    import detris.collection
+
+    real, calls = detris.collection.prediction_record, []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detris.collection, "prediction_record", full_disk)
+    argv = ["predict", "--model", str(model_dir), "--input", str(collection), "--out", str(tmp_path), *FLOAT32]
+    with pytest.raises(OSError, match="No space left"):  # raised by the writer thread, in the main thread
+        run(argv + ["--workers", "1"])
+    assert len(lines_of(tmp_path / PREDICTIONS_FILE)) == 3
+    monkeypatch.undo()
+    rc, stdout, err = run(argv + ["--resume"])
+    assert rc == 0 and "3 already done" in stdout, err
+    assert (tmp_path / PREDICTIONS_FILE).read_bytes() == (reference / PREDICTIONS_FILE).read_bytes()
 
 
 def _cli(*args: str) -> list[str]:

@@ -200,20 +200,22 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
     A last line without its newline (torn by a kill) is not returned, nor is a line that is not JSON.
     """
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         return
-    end = data.rfind(b"\n") + 1  # bytes after the last newline: a torn line
-    offset = 0
-    for raw in data[:end].splitlines(keepends=True):
-        try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            print(f"detris predict: ignored a damaged line of {path} at byte {offset}", file=sys.stderr)
-            record = None
-        if isinstance(record, dict):
-            yield offset, len(raw), record
-        offset += len(raw)
+    with f:
+        offset = 0
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return  # torn by a kill
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                print(f"detris predict: ignored a damaged line of {path} at byte {offset}", file=sys.stderr)
+                record = None
+            if isinstance(record, dict):
+                yield offset, len(raw), record
+            offset += len(raw)
 
 
 def _complete_size(path: Path) -> int:

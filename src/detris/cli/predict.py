@@ -88,7 +88,7 @@ def run_collection_command(args: argparse.Namespace) -> int:
     ranks = join_ranks()
     try:
         device = args.device
-        if device is None and ranks.world_size > 1 and torch.cuda.is_available():
+        if device in (None, "cuda") and ranks.world_size > 1 and torch.cuda.is_available():
             device = f"cuda:{ranks.local_rank}"
         # Rank 0 resolves (and downloads) the model first; the others then find it in the cache.
         if ranks.rank == 0:
