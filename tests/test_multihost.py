@@ -225,3 +225,53 @@ def test_elastic_run_survives_a_killed_host(hosts, tmp_path):
           f"max parameter difference to one process {diff}")
     assert train_steps == list(range(1, 17)) and len(resumes) == 1 and resumes[0]["global_step"] >= killed_at
     assert all(torch.equal(wa[k], wb[k]) for k in params)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_both_after_the_same_step_then_resumes(hosts, tmp_path):
+    """SIGTERM to host b's agent (a preemption): its worker's stop request travels with the step's
+    reduction, so both hosts stop after the same step and rank 0 saves it; the same commands then resume
+    and end with the weights of an uninterrupted one-process run."""
+    run = tmp_path / "preempted"
+    steps = ["train.epochs=4", "train.max_steps=16", "train.evaluate=false"]
+    agents = {"a": hosts.agent("a", run, ["--rdzv-conf", "is_host=1", "--local-addr", hosts.address["a"]], steps),
+              "b": hosts.agent("b", run, ["--local-addr", hosts.address["b"]], steps)}
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "metrics.jsonl").is_file() or len(_records(run)) < 3:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in agents.values())
+            time.sleep(0.05)
+        agents["b"].send_signal(signal.SIGTERM)
+        summary = run / "summary.json"
+        while not summary.is_file():  # written by rank 0 once the run has stopped and saved
+            assert time.monotonic() < deadline, "the run did not stop after SIGTERM"
+            time.sleep(0.05)
+        agents["b"].wait(timeout=60)
+    finally:
+        # torchrun's agent on host a waits for host b's in its exit barrier (5 minutes): end it.
+        hosts.crash("a")
+        hosts.crash("b")
+        _finish(agents, 60)
+    stopped = json.loads(summary.read_text())
+    saved = json.loads((run / "checkpoints" / "last.json").read_text())
+    taken = [r["global_step"] for r in _records(run) if r["kind"] == "train"]
+    print(f"SIGTERM to host b: stopped after step {stopped['global_step']} ({stopped['stop_reason']}), "
+          f"checkpoint at step {saved['global_step']}, last recorded step {taken[-1]}")
+    assert stopped["stop_reason"] == "sigterm" and saved["global_step"] == stopped["global_step"] == taken[-1] < 16
+
+    resumed = {"a": hosts.agent("a", run, ["--rdzv-conf", "is_host=1", "--local-addr", hosts.address["a"]], steps),
+               "b": hosts.agent("b", run, ["--local-addr", hosts.address["b"]], steps)}
+    done = _finish(resumed, 300)
+    for host, (code, _, err) in done.items():
+        assert code == 0, f"host {host}: {err[-3000:]}"
+    cmd = [sys.executable, "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + steps + [f"output.dir={tmp_path / 'one'}"]:
+        cmd += ["--set", item]
+    one = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    wa = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["weights"]
+    wb = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)["weights"]
+    params = [k for k in wa if "running_" not in k and "num_batches" not in k]  # BN statistics: per process
+    assert all(torch.equal(wa[k], wb[k]) for k in params)
+    assert [r["global_step"] for r in _records(run) if r["kind"] == "train"] == list(range(1, 17))
