@@ -374,3 +374,62 @@ def test_full_disk_during_eval_predictions_says_which_file(model, tmp_path, tmpf
     masks = sorted(p.name for p in out.glob("*.png"))
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert masks == sorted(r["mask"] for r in records)  # every mask on disk is a complete, recorded one
+
+
+def _collection(tmp_path: Path) -> tuple[Path, Path]:
+    """A random tiny model and a manifest of twenty noisy images, four expressions each."""
+    import numpy as np
+    from PIL import Image
+
+    from model_fixtures import save_random_tiny
+
+    model_dir = save_random_tiny(tmp_path / "model", image_size=56)
+    rng = np.random.default_rng(0)
+    lines = []
+    texts = ["the small shape on the left", "the big one in the middle", "the red circle", "the last star"]
+    for k in range(20):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / f"img{k}.png")
+        lines.append(json.dumps({"image": f"img{k}.png", "expressions": texts}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return model_dir, tmp_path / "manifest.jsonl"
+
+
+def test_full_disk_while_segmenting_a_collection_then_resume(tmp_path, tmpfs, capsys):
+    """``detris predict --input`` on a disk that fills up: exit 4 with one line naming the file and the
+    free space, no torn line left; after space is freed, ``--resume`` completes the same file as a run
+    that never stopped."""
+    from detris.cli import main
+
+    model_dir, manifest = _collection(tmp_path)
+    common = ["--input", str(manifest), "--model", str(model_dir), "--workers", "0", "--dtype", "float32"]
+    assert main(["predict", *common, "--out", str(tmp_path / "ref")]) == 0
+    reference = (tmp_path / "ref" / "predictions.jsonl").read_bytes()
+    assert len(reference) > 2 * PAGE  # the disk below fills up part way through
+    capsys.readouterr()
+
+    disk = tmpfs.mount(PAGE)
+    out = disk / "out"
+    assert main(["predict", *common, "--out", str(out)]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "predictions" in err[0] and "No space left on device" in err[0] and "free" in err[0], err
+    partial = (out / "predictions.jsonl").read_bytes()
+    assert partial.endswith(b"\n") and reference.startswith(partial) and len(partial) < len(reference)
+
+    tmpfs.resize(disk, 64 * PAGE)
+    assert main(["predict", *common, "--out", str(out), "--resume"]) == 0
+    assert (out / "predictions.jsonl").read_bytes() == reference
+
+
+def test_full_disk_while_predicting_one_image(tmp_path, tmpfs, capsys):
+    """``detris predict --image``: the PNG that does not fit is named with the free space (exit 4) and
+    not left behind half-written."""
+    from detris.cli import main
+
+    model_dir, _ = _collection(tmp_path)
+    out = tmpfs.mount(PAGE) / "out"  # room for one file: the first mask fits, its overlay does not
+    args = ["predict", "--image", str(tmp_path / "img0.png"), "--text", "the left one", "--model", str(model_dir),
+            "--out", str(out), "--dtype", "float32"]
+    assert main(args) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overlay" in err[0] and "No space left on device" in err[0] and "free" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["img0_0_mask.png"]

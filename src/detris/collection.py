@@ -40,14 +40,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch.distributed as dist
 from pycocotools import mask as coco_mask
 from tqdm.auto import tqdm
 
 from .predictor import NO_MATCH, ImagePredictions, Prediction, Predictor, check_texts
-from .utils import atomic_write, check_output_dir
+from .utils import atomic_write, check_output_dir, write_failure
+from .visualize import render_overlay, save_image, save_mask
 
 __all__ = ["ERRORS_FILE", "PREDICTIONS_FILE", "CollectionOptions", "Manifest", "ManifestEntry", "Ranks",
            "encode_rle", "join_ranks", "mask_bbox", "merge_outputs", "prediction_record", "read_jsonl",
@@ -245,9 +245,16 @@ class _LineFile:
             os.ftruncate(self._fd, _complete_size(path))
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one record as one line; a failed write (a full disk) cuts the file back to its last whole
+        line and raises `detris.utils.FileWriteError` naming the file and the free space."""
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        while data:
-            data = data[os.write(self._fd, data):]
+        whole = os.fstat(self._fd).st_size
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as err:
+            os.ftruncate(self._fd, whole)
+            raise write_failure(self.path, err) from err
 
     def close(self) -> None:
         os.close(self._fd)
@@ -406,15 +413,12 @@ class _Writer:
         files = {}
         if self.options.save_masks:
             files["mask_file"] = f"masks/{name}"
-            if not cv2.imwrite(str(self.out_dir / files["mask_file"]), pred.mask.astype(np.uint8) * 255):
-                raise OSError(f"could not write {self.out_dir / files['mask_file']}")
+            save_mask(self.out_dir / files["mask_file"], pred.mask)
         if self.options.overlays and rgb is not None:
-            from .visualize import render_overlay
-
             files["overlay_file"] = f"overlays/{name}"
             decided = pred.no_target and pred.no_target_probability is not None
-            render_overlay(rgb, pred.mask, f"{pred.text} ({NO_MATCH})" if decided else pred.text).save(
-                self.out_dir / files["overlay_file"])
+            save_image(self.out_dir / files["overlay_file"],
+                       render_overlay(rgb, pred.mask, f"{pred.text} ({NO_MATCH})" if decided else pred.text))
         return files
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .utils import write_failure
+
 __all__ = ["overlay_mask", "draw_caption", "render_overlay", "caption_band", "render_readable", "save_overlay",
-           "side_by_side"]
+           "side_by_side", "save_image", "save_mask"]
 
 #: Tint of the predicted mask (RGB) and of the ground-truth outline.
 PRED_COLOR: tuple[int, int, int] = (255, 40, 200)
@@ -174,5 +176,21 @@ def save_overlay(
     """`render_readable` written to ``path`` as PNG (parent folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    render_readable(image, mask, text, true_mask).save(path)
+    return save_image(path, render_readable(image, mask, text, true_mask))
+
+
+def save_image(path: str | os.PathLike, image: Image.Image) -> Path:
+    """Write ``image`` to ``path`` (format from the suffix); a failed write (a full disk) raises
+    `detris.utils.FileWriteError` naming the file and the free space, and leaves no partial file."""
+    path = Path(path)
+    try:
+        image.save(path)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise write_failure(path, err) from err
     return path
+
+
+def save_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
+    """A bool ``(H, W)`` mask as a 0/255 grey PNG (see `save_image`)."""
+    return save_image(path, Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, mode="L"))

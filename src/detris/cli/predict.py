@@ -17,7 +17,7 @@ from ..data.images import ImageLoadError, load_image
 from ..precision import dtype_name
 from ..predictor import NO_MATCH, Predictor, check_texts
 from ..pretrained import resolve_model_dir
-from ..utils import check_output_dir
+from ..utils import atomic_write, check_output_dir
 
 __all__ = ["IMAGE_SUFFIXES", "run_collection_command", "run_predict_command"]
 
@@ -117,10 +117,9 @@ def run_collection_command(args: argparse.Namespace) -> int:
 
 def _run_images(args: argparse.Namespace) -> int:
     """``detris predict --image``: one image or a folder, the same expressions for each."""
-    import cv2
     from tqdm import tqdm
 
-    from ..visualize import render_overlay
+    from ..visualize import render_overlay, save_image, save_mask
 
     _check_mode(args)
     image_arg = Path(args.image).expanduser()
@@ -147,12 +146,11 @@ def _run_images(args: argparse.Namespace) -> int:
         entries = []
         for i, p in enumerate(preds):
             mask_name, overlay_name = f"{stem}_{i}_mask.png", f"{stem}_{i}_overlay.png"
-            if not cv2.imwrite(str(out_dir / mask_name), p.mask.astype(np.uint8) * 255):
-                raise OSError(f"could not write {out_dir / mask_name}")
+            save_mask(out_dir / mask_name, p.mask)
             # Said on the overlay when a no-target head decided it (see the web page).
             decided = p.no_target and p.no_target_probability is not None
             caption = f"{p.text} ({NO_MATCH})" if decided else p.text
-            render_overlay(rgb, p.mask, caption).save(out_dir / overlay_name)
+            save_image(out_dir / overlay_name, render_overlay(rgb, p.mask, caption))
             entries.append({
                 "index": i,
                 "text": p.text,
@@ -171,13 +169,14 @@ def _run_images(args: argparse.Namespace) -> int:
                         "predictions": entries})
     summary = {
         "model": str(args.model),
-        "variant": getattr(predictor.model.config, "name", None),
+        "variant": predictor.model.config.name,
         "threshold": threshold,
         "dtype": dtype_name(predictor.dtype),
         "images": records,
         "errors": errors,
     }
-    (out_dir / "predictions.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    text = json.dumps(summary, indent=2, ensure_ascii=False)
+    atomic_write(out_dir / "predictions.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"detris predict: {len(records)} image(s) x {len(texts)} expression(s) with {args.model} -> {out_dir}"
           + (f" ({len(errors)} unreadable image(s) skipped)" if errors else ""))
     return 0 if records else 2
