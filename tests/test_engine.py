@@ -360,6 +360,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert "Grad strides do not match" not in two.stderr  # DDP copies no gradient (keep_grad_layouts)
 
     def losses(d):
         return [json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()]
@@ -470,3 +471,23 @@ def test_ddp_skips_unreadable_items_like_one_process(tmp_path):
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for k in [k for k in a if "running_" not in k and "num_batches" not in k]:  # BN statistics: per process
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_conv_weight_gradients_keep_their_parameters_layout():
+    """A 1x1 convolution trained on channels-last maps may get its weight gradient with the strides of a
+    channels-last tensor, which DDP would copy (and warn about) on every step; with the hooks every
+    gradient has its parameter's strides and the same values."""
+    from detris.engine.distributed import keep_grad_layouts
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 32, 1)
+    x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    grad = torch.autograd.grad(conv(x).square().sum(), conv.weight)[0]
+    assert keep_grad_layouts(conv) == 1
+    conv(x).square().sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride() and torch.equal(conv.weight.grad, grad)
+    # The hook itself, on a gradient laid out channels-last (what oneDNN may hand back).
+    odd = grad.contiguous(memory_format=torch.channels_last)
+    assert odd.stride() != conv.weight.stride()
+    fixed = conv.weight._backward_hooks[next(iter(conv.weight._backward_hooks))](odd)
+    assert fixed.stride() == conv.weight.stride() and torch.equal(fixed, grad)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "DistributedSetupError", "init_distributed", "cleanup_distributed", "GlobalBatchSampler",
+           "keep_grad_layouts",
            "all_reduce_mean", "broadcast_buffers"]
 
 #: How long joining the process group, and then any collective, may wait by default (seconds).
@@ -213,3 +214,30 @@ class GlobalBatchSampler:
                 k = a * self.world_size + self.rank
                 lo = base + k * self.micro_batch
                 yield order[lo : lo + self.micro_batch]
+
+
+def keep_grad_layouts(module: nn.Module) -> int:
+    """Make every convolution weight's gradient arrive with its parameter's strides; returns how many
+    parameters got the hook.
+
+    DDP copies each gradient into a bucket laid out like its parameter and warns ("Grad strides do not
+    match bucket view strides") when the two differ. oneDNN may return the weight gradient of a
+    convolution trained on channels-last maps channels-last (the head trains that way on CPU), which
+    for a 1x1 kernel differs from the parameter only in the strides of its size-1 dimensions, so the
+    autograd layout contract lets it through. The hook re-lays such a gradient out once, before it is
+    accumulated, so DDP never sees a mismatch.
+    """
+
+    def relay(param: nn.Parameter):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            if grad.stride() == param.stride():
+                return grad
+            return torch.empty_strided(param.shape, param.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
+        return hook
+
+    count = 0
+    for param in module.parameters():
+        if param.requires_grad and param.dim() == 4:
+            param.register_hook(relay(param))
+            count += 1
+    return count

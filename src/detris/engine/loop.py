@@ -51,6 +51,7 @@ from .distributed import (
     broadcast_buffers,
     cleanup_distributed,
     init_distributed,
+    keep_grad_layouts,
 )
 from .schedule import ProgressSchedule
 from .task import SegmentationTask
@@ -350,6 +351,7 @@ def _setup(cfg: RunConfig, resume: str | None, info: DistInfo) -> _Run:
     if ckpt is not None:
         _restore(run, ckpt)
     if info.distributed:
+        keep_grad_layouts(model)
         run.ddp = nn.parallel.DistributedDataParallel(
             task, device_ids=[info.device.index] if info.device.type == "cuda" else None
         )
