@@ -36,7 +36,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .data.datasets import collate
-from .data.images import ImageLoadError
+from .data.pipeline import loader_batches
 from .gres_metrics import GRES_PR_THRESHOLDS, GresMeter
 from .inference import Segmentation, segment
 from .metrics import PR_KEYS, SegmentationMeter, intersection_union
@@ -171,29 +171,6 @@ class _PredictionWriter:
 # ------------------------------------------------------------------------------------------ evaluate
 
 
-def _batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
-    """Iterate a DataLoader, turning a worker's wrapped `ImageLoadError` back into its one-line message.
-
-    A DataLoader worker re-raises an item's exception in the main process with the worker's whole
-    traceback as the message; for an unreadable image the last line (which names the file) is all the
-    user needs.
-    """
-    it = iter(loader)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except ImageLoadError as exc:
-            text = str(exc).strip()
-            if text.startswith("Caught ") and "Original Traceback" in text:
-                last = text.splitlines()[-1]
-                # "detris.data.images.ImageLoadError: <message>" -> "<message>"
-                raise type(exc)(last.split(": ", 1)[1] if ": " in last else last) from None
-            raise
-        yield batch
-
-
 @dataclass
 class _Scores:
     """What the scoring loop accumulates."""
@@ -274,7 +251,7 @@ def _score_loader(model: DETRIS, loader: DataLoader, dev: torch.device, scores: 
                   writer: _PredictionWriter | None, options: dict[str, Any], total: int, progress: bool) -> None:
     bar = tqdm(total=total, unit="expr", desc="eval", disable=not progress, dynamic_ncols=True)
     try:
-        for batch in _batches(loader):
+        for batch in loader_batches(loader):
             done = _note_skipped(batch, scores)
             if "image" in batch:
                 done += _score_batch(model, batch, dev, scores, writer, options)

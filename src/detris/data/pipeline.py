@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,7 @@ from torch.utils.data import Dataset
 from .images import ImageLoadError, load_image
 from .transforms import Letterbox, normalize_image
 
-__all__ = ["Entry", "ExpressionDataset", "Tokenizer", "collate", "default_tokenizer"]
+__all__ = ["Entry", "ExpressionDataset", "Tokenizer", "collate", "default_tokenizer", "loader_batches"]
 
 PathLike = str | os.PathLike
 #: ``tokenizer(texts, context_length=L) -> LongTensor (N, L)``, like `detris.tokenizer.tokenize`.
@@ -274,3 +274,26 @@ def collate(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
         out[key] = torch.stack(values) if key in _STACKED else values
     out["skipped"] = skipped
     return out
+
+
+def loader_batches(loader: Iterable[Any]) -> Iterator[Any]:
+    """Iterate a DataLoader, turning a worker's wrapped `ImageLoadError` back into its one-line message.
+
+    A DataLoader worker re-raises an item's exception in the main process with the worker's whole
+    traceback as the message; for an unreadable image the last line (which names the file) is all the
+    user needs.
+    """
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ImageLoadError as exc:
+            text = str(exc).strip()
+            if text.startswith("Caught ") and "Original Traceback" in text:
+                last = text.splitlines()[-1]
+                # "detris.data.images.ImageLoadError: <message>" -> "<message>"
+                raise type(exc)(last.split(": ", 1)[1] if ": " in last else last) from None
+            raise
+        yield batch

@@ -28,6 +28,7 @@ from ..bundled import tiny_tower_paths
 from ..data.catalog import GREFCOCO, open_datasets
 from ..data.datasets import collate
 from ..data.images import ImageLoadError
+from ..data.pipeline import loader_batches
 from ..evaluate import GRES_METRIC_KEYS, METRIC_KEYS, evaluate
 from ..modeling import DETRIS
 from ..precision import autocast, autocast_dtype
@@ -505,24 +506,6 @@ def _train_collate(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
     return out
 
 
-def _batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
-    """The loader's batches; an unreadable image's error raised in a loader worker comes back as its
-    own one-line message instead of the worker's traceback."""
-    batches = iter(loader)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except ImageLoadError as exc:
-            text = str(exc).strip()
-            if text.startswith("Caught ") and "Original Traceback" in text:
-                last = text.splitlines()[-1]  # "detris.data.images.ImageLoadError: <message>"
-                raise type(exc)(last.split(": ", 1)[-1]) from None
-            raise
-        yield batch
-
-
 def _note_bad_items(run: _Run, batch: dict[str, Any]) -> None:
     """Warn about the micro-batch's skipped items; they are counted over ranks at the optimizer step."""
     for reason in batch.get("skip_reasons", []):
@@ -596,7 +579,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[bool, int]:
     run.loader_gen.manual_seed(t.seed + epoch)
     step_in_epoch = run.sampler.start_step
     micro_idx, loss_sum = 0, torch.zeros((), device=run.info.device)
-    for batch in _batches(run.loader):
+    for batch in loader_batches(run.loader):
         _note_bad_items(run, batch)
         micro_idx += 1
         loss_sum += _micro_step(run, batch, micro_idx == run.accum)
