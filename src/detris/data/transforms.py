@@ -117,6 +117,14 @@ def letterbox_image(
         (warped, not normalised; pass it to :func:`normalize_image`), ``mat``/``inv`` are the
         ``(2, 3)`` float64 forward and inverse maps from :func:`letterbox_matrix`.
     """
+    _check_rgb(img)
+    in_h, in_w = _target_hw(size)
+    mat, inv = letterbox_matrix(img.shape[0], img.shape[1], (in_h, in_w))
+    return _warp_image(img, mat, (in_h, in_w)), mat, inv
+
+
+def _check_rgb(img: np.ndarray) -> None:
+    """Refuse anything but the decoded ``(h, w, 3)`` uint8 RGB image the official pipeline warps."""
     if not isinstance(img, np.ndarray):
         raise TypeError(f"img must be a numpy array, got {type(img).__name__}")
     if img.ndim != 3 or img.shape[2] != 3:
@@ -129,12 +137,15 @@ def letterbox_image(
             f"img must be uint8 (0..255), got {img.dtype}; the official pipeline warps the decoded "
             "uint8 image, so convert with np.clip(x, 0, 255).astype(np.uint8) first"
         )
-    in_h, in_w = _target_hw(size)
-    mat, inv = letterbox_matrix(img.shape[0], img.shape[1], (in_h, in_w))
+
+
+def _warp_image(img: np.ndarray, mat: np.ndarray, in_hw: tuple[int, int]) -> np.ndarray:
+    """The uint8 RGB image warped by the forward map ``mat`` to ``in_hw``, as float32 0..255."""
+    in_h, in_w = in_hw
     if _is_identity(mat):
         # Already the input size: cv2's bicubic warp by the identity returns the pixels unchanged
         # (its kernel weights at integer offsets are exactly 0 and 1), so skip the warp.
-        return img.astype(np.float32), mat, inv
+        return img.astype(np.float32)
     # Warping the uint8 image (not a float copy) matters: cv2 rounds and saturates the bicubic
     # result back to 0..255, and the official numbers include that rounding.
     warped = cv2.warpAffine(
@@ -144,7 +155,7 @@ def letterbox_image(
         flags=cv2.INTER_CUBIC,
         borderValue=list(BORDER_VALUE),
     )
-    return warped.astype(np.float32), mat, inv
+    return warped.astype(np.float32)
 
 
 def letterbox_mask(mask: np.ndarray, mat: np.ndarray, size: SizeLike) -> np.ndarray:
@@ -279,8 +290,8 @@ class Letterbox:
         """``(h, w, 3)`` uint8 RGB -> ``(H, W, 3)`` float32 with values 0..255 (see `letterbox_image`)."""
         if tuple(np.shape(rgb)[:2]) != self.orig_size:
             raise ValueError(f"this letterbox fits {self.orig_size} images, got shape {np.shape(rgb)}")
-        warped, _mat, _inv = letterbox_image(rgb, self.input_size)
-        return warped
+        _check_rgb(rgb)
+        return _warp_image(rgb, self.matrix, self.input_size)
 
     def mask(self, mask: np.ndarray) -> np.ndarray:
         """``(h, w)`` mask -> ``(H, W)`` float32 in [0, 1] (see `letterbox_mask`)."""
