@@ -286,7 +286,7 @@ def evaluate(
     The one scoring loop: ``detris eval`` and the training loop's validation both run it.
 
     Args:
-        model: a DETRIS model (``forward(images (N,3,S,S), tokens (N,L)) -> logits (N,1,h,w)``). It is
+        model: a DETRIS model (``forward(images (N,3,S,S), tokens (N,L)) -> DetrisOutput``). It is
             moved to ``device`` and run in eval mode; its train/eval mode is restored afterwards.
         dataset: a `ReferSegDataset` / `JsonlSegDataset` / `MixedReferDataset` in ``test`` mode (every
             sentence; ``val`` mode -- first sentence per ref -- works too). Items must carry
