@@ -248,6 +248,7 @@ class Predictor:
         image: ImageInput,
         texts: str | Sequence[str],
         threshold: float | None = None,
+        batch_invariant: bool = True,
     ) -> list[Prediction]:
         """Segment what each expression refers to.
 
@@ -257,6 +258,10 @@ class Predictor:
             texts: one expression or a list of them.
             threshold: probability threshold (``prob > threshold``); default the model's stored one
                 (``processing.threshold``: 0.35, the official protocol's).
+            batch_invariant: one forward per expression, so that each mask is the one this image and that
+                expression alone give (and the one of `predict_many` and ``detris eval``), bit for bit.
+                False: the expressions share forwards of up to ``max_batch`` (faster on a GPU; a pixel at
+                the threshold may then differ).
 
         Returns:
             one `Prediction` per expression, in order; masks are bool ``(H, W)`` at the image's size.
@@ -276,7 +281,7 @@ class Predictor:
             chunk = tokens[start : start + self.max_batch]
             n = chunk.shape[0]
             seg = segment(self.model, pixels.expand(n, -1, -1, -1), chunk, [box] * n,
-                          threshold=threshold, dtype=self._autocast_dtype)
+                          threshold=threshold, dtype=self._autocast_dtype, batch_invariant=batch_invariant)
             for k, mask in enumerate(seg.masks):
                 out.append(Prediction(texts[start + k], mask, seg.probabilities[k], truncated[start + k],
                                       seg.no_target[k], seg.no_target_probabilities[k]))

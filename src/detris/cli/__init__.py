@@ -180,6 +180,11 @@ def _add_predict_parser(sub: Any) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; under "
                                                   "torchrun cuda:LOCAL_RANK)")
     _add_dtype_argument(p, "auto")
+    p.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the model one expression at a time, so that every mask is the one that image and that "
+                        "expression alone give, whatever else shares the batch, and equals `detris eval`'s bit for "
+                        "bit (default); --no-batch-invariant: one forward per batch, faster (most of all on a GPU), "
+                        "a pixel at the threshold may differ")
     group = p.add_argument_group("collections (--input)")
     group.add_argument("--batch-size", type=int, default=8, help="expressions per forward, across images (default 8)")
     group.add_argument("--workers", type=int, default=2,
@@ -190,11 +195,6 @@ def _add_predict_parser(sub: Any) -> None:
                                                              "bad lines and list them in errors.jsonl)")
     group.add_argument("--save-masks", action="store_true", help="also write OUT/masks/*.png (0/255)")
     group.add_argument("--overlays", action="store_true", help="also write OUT/overlays/*.png")
-    group.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=True,
-                       help="run the model one expression at a time inside each batch so that every mask equals "
-                            "`detris predict --image X --text Y` and `detris eval` bit for bit (default); "
-                            "--no-batch-invariant: one forward per batch, faster (most of all on a GPU), a pixel "
-                            "at the threshold may differ")
     p.set_defaults(func=_cmd_predict)
 
 

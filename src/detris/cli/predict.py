@@ -142,7 +142,7 @@ def _run_images(args: argparse.Namespace) -> int:
             errors.append({"image": str(path), "error": str(exc)})
             print(f"detris predict: skipped {path}: {exc}", file=sys.stderr)
             continue
-        preds = predictor.predict(rgb, texts, threshold=threshold)
+        preds = predictor.predict(rgb, texts, threshold=threshold, batch_invariant=args.batch_invariant)
         entries = []
         for i, p in enumerate(preds):
             mask_name, overlay_name = f"{stem}_{i}_mask.png", f"{stem}_{i}_overlay.png"
