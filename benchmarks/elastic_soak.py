@@ -4,9 +4,10 @@ run takes to train again.
     sudo OMP_NUM_THREADS=1 python benchmarks/elastic_soak.py --minutes 10 --kill-every 120
 
 Two hosts are two network namespaces joined by a veth pair (made here and removed at the end; root and
-``ip netns`` needed), one ``torchrun --nnodes 1:2 --max-restarts N`` agent in each, c10d rendezvous on
-host a, ``detris train configs/synthetic-tiny.yaml --resume auto`` (a few-second-per-step model) with a
-checkpoint every ``--save-every-minutes``. Every ``--kill-every`` seconds host b crashes (SIGKILL to
+``ip netns`` needed), one ``torchrun --nnodes 1:2 --max-restarts N`` agent in each (with
+``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, without which a host that comes back cannot rejoin), c10d
+rendezvous on host a, ``detris train configs/synthetic-tiny.yaml --resume auto`` (a few-second-per-step
+model) with a checkpoint every ``--save-every-minutes``. Every ``--kill-every`` seconds host b crashes (SIGKILL to
 every process in its namespace) and comes back ``--down`` seconds later with the same command. Read
 from ``metrics.jsonl`` as the run writes it: per restart, the steps done after the last checkpoint
 and done again (``steps_redone`` of the resume record), and the seconds from the fault to the first
@@ -73,8 +74,14 @@ class Hosts:
 
     def agent(self, host: str, out: Path, args: argparse.Namespace, log: Path) -> subprocess.Popen:
         rdzv = f"last_call_timeout={args.last_call:g}" + (",is_host=1" if host == "a" else "")
+        # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: with the rendezvous store shared with the workers (the
+        # default), an agent that stays keeps the store address of its first round and publishes it in no
+        # later round, so the agent of a host that comes back waits for it until its store read timeout
+        # (60 s) and the round fails; without sharing, rank 0's agent publishes a fresh address in every
+        # round and the returning host rejoins.
         cmd = ["ip", "netns", "exec", self.ns[host], "env", "OMP_NUM_THREADS=1",
-               f"GLOO_SOCKET_IFNAME={self.iface[host]}", sys.executable, "-m", "torch.distributed.run",
+               "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", f"GLOO_SOCKET_IFNAME={self.iface[host]}",
+               sys.executable, "-m", "torch.distributed.run",
                "--nnodes", "1:2", "--nproc-per-node", "1", "--max-restarts", "1000", "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"{self.address['a']}:{PORT}", "--rdzv-id", "detris-soak", "--rdzv-conf", rdzv,
                "--local-addr", self.address[host], "-m", "detris.cli", "train", "configs/synthetic-tiny.yaml",
@@ -150,16 +157,22 @@ def _soak(args: argparse.Namespace, hosts: Hosts, run: Path, logs: Path) -> Watc
 
 
 def _report(watch: Watch) -> list[dict[str, Any]]:
-    """One row per restart (a resume record), blamed on the last fault before it; a fault that caused
-    no restart gets a row of its own."""
-    rows, blamed = [], set()
+    """One row per restart (a resume record), blamed on the earliest fault before it that comes after
+    the fault blamed for the restart before; a fault that caused no restart gets a row of its own.
+
+    Not the latest fault before it: host b can come back before host a has re-formed alone, and the
+    restart that the crash caused then shows up after the return (with the return's restart after it).
+    """
+    rows, blamed, last = [], set(), -1
     for r in watch.resumes:
-        before = [i for i, f in enumerate(watch.faults) if f["at"] <= r["seen"]]
-        fault = watch.faults[before[-1]] if before else None
-        if before:
-            blamed.add(before[-1])
+        later = [i for i, f in enumerate(watch.faults) if i > last and f["at"] <= r["seen"]]
+        fault = watch.faults[later[0]] if later else None
+        if later:
+            last = later[0]
+            blamed.add(last)
+        kind = fault["kind"] if fault else ("start" if last < 0 else "no new fault")
         rows.append({
-            "fault": fault["kind"] if fault else "start", "fault_at_s": round(fault["at"], 1) if fault else None,
+            "fault": kind, "fault_at_s": round(fault["at"], 1) if fault else None,
             "last_step_before": fault["last_step"] if fault else None, "resumed_from_step": r["global_step"],
             "steps_redone": r["steps_redone"],
             "seconds_to_train_again": round(r["trained"] - fault["at"], 1) if fault and r["trained"] else None,
@@ -199,7 +212,10 @@ def main() -> int:
     final = max((x["global_step"] for x in _records(work / "run") if x["kind"] == "train"), default=0)
     print(f"steps trained in {args.minutes} minutes: {final}; logs and run in {work}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "final_step": final, "args": vars(args)}, indent=2))
+        # The raw observations too, so that the rows can be checked or blamed differently later.
+        observed = {"faults": watch.faults, "resumes": watch.resumes}
+        Path(args.json).write_text(json.dumps({"rows": rows, "final_step": final, "args": vars(args),
+                                               "observed": observed}, indent=2))
     return 0
 
 
