@@ -24,6 +24,13 @@ Usage::
 
 Each configuration runs in a fresh process (``torch.distributed.run`` for two), so that one does not
 warm the caches of the next.
+
+``--stages`` also times each stage alone in one process (``read``: decoding and letterboxing an image;
+the forward per expression at batch 1 and at ``--batch-size``; ``post``: probability map, inverse
+letterbox and threshold of an expression; ``record``: its RLE, box, score and JSON line; with one
+thread and with torch's default) and derives the most any pipeline can gain over the loop on this machine:
+with every stage on one thread and the ``os.cpu_count()`` cores all busy, the expressions per second
+cannot exceed ``cores / (sum of the stages' one-thread times)``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from _bench import SENTENCES, fmt, machine_info, print_table, randomize_, write_
 from detris.build import build_model
 from detris.collection import (
     CollectionOptions,
+    ManifestEntry,
     Ranks,
     join_ranks,
     leave_ranks,
@@ -53,7 +61,11 @@ from detris.collection import (
     read_manifest,
     segment_collection,
 )
-from detris.predictor import Predictor
+from detris.data.images import load_image
+from detris.inference import forward_logits, prepare_image
+from detris.postprocess import binarize, logits_to_probability
+from detris.predictor import Prediction, Predictor
+from detris.tokenizer import tokenize
 
 MODES = ("loop", "pipeline", "pipeline-batched")
 
@@ -109,7 +121,8 @@ def per_image_loop(predictor: Predictor, manifest_path: Path, out: Path, ranks: 
     images = expressions = 0
     with open(out / f"loop.rank{ranks.rank}.jsonl", "w", encoding="utf-8") as f:
         for entry in manifest.entries[ranks.rank :: ranks.world_size]:
-            for pred in predictor.predict(entry.path, list(entry.expressions)):
+            # One forward for the image's expressions, as that loop ran them.
+            for pred in predictor.predict(entry.path, list(entry.expressions), batch_invariant=False):
                 f.write(json.dumps(prediction_record(entry.image, pred)) + "\n")
                 expressions += 1
             images += 1
@@ -144,6 +157,56 @@ def worker(spec: dict[str, Any]) -> None:
     with open(spec["result"], "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
     leave_ranks()
+
+
+def _ms_each(fn: Any, count: int, repeats: int = 3) -> float:
+    """Best of ``repeats`` timings of ``fn()``, in milliseconds per one of the ``count`` things it does."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best / count
+
+
+def stage_costs(model_dir: str, entries: list[ManifestEntry], batch_size: int, threads: int) -> dict[str, Any]:
+    """Milliseconds of each stage alone with ``threads`` torch threads (best of 3 passes)."""
+    torch.set_num_threads(threads)
+    predictor = Predictor.from_pretrained(model_dir, device="cpu")
+    model, size = predictor.model, predictor.image_size
+    prepared = [prepare_image(load_image(e.path), size) for e in entries]
+    texts = [t for e in entries for t in e.expressions][:batch_size]
+    images = torch.stack([prepared[i % len(prepared)][0] for i in range(len(texts))])
+    tokens = tokenize(texts, context_length=predictor.word_len)
+    boxes = [prepared[i % len(prepared)][1] for i in range(len(texts))]
+    with torch.inference_mode():
+        forward_logits(model, images, tokens)  # warm-up
+        batch1 = _ms_each(lambda: [forward_logits(model, images[i : i + 1], tokens[i : i + 1])
+                                   for i in range(len(texts))], len(texts))
+        batched = _ms_each(lambda: forward_logits(model, images, tokens), len(texts))
+        logits = forward_logits(model, images, tokens).logits
+    probs = logits_to_probability(logits, boxes)
+    preds = [Prediction(t, binarize(p), p) for t, p in zip(texts, probs)]
+    return {
+        "threads": threads,
+        "read ms/image": _ms_each(lambda: [prepare_image(load_image(e.path), size) for e in entries],
+                                              len(entries)),
+        "forward b1 ms/expr": batch1,
+        f"forward b{len(texts)} ms/expr": batched,
+        "post ms/expr": _ms_each(lambda: [binarize(p) for p in logits_to_probability(logits, boxes)],
+                                         len(texts)),
+        "record ms/expr": _ms_each(lambda: [json.dumps(prediction_record("x.jpg", p)) for p in preds], len(preds)),
+    }
+
+
+def pipeline_ceiling(stages: dict[str, Any], expressions_per_image: float, cores: int) -> dict[str, float]:
+    """Most expressions/s any pipeline can reach when every stage runs on one thread and all cores are
+    busy: ``cores / (sum of the one-thread costs of one expression)``, batched and batch-invariant."""
+    shared = stages["read ms/image"] / expressions_per_image + stages["post ms/expr"] \
+        + stages["record ms/expr"]
+    batched = next(v for k, v in stages.items() if k.startswith("forward") and not k.startswith("forward b1 "))
+    return {"ceiling batched expr/s": 1000 * cores / (shared + batched),
+            "ceiling invariant expr/s": 1000 * cores / (shared + stages["forward b1 ms/expr"])}
 
 
 def run_config(spec: dict[str, Any], processes: int, tmp: Path) -> dict[str, Any]:
@@ -181,6 +244,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="loader workers per process (pipeline modes)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (each rank takes cuda:LOCAL_RANK)")
+    parser.add_argument("--stages", action="store_true", help="also time each stage alone (see above)")
     parser.add_argument("--json", default=None, help="write machine, configuration and results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,7 +252,8 @@ def main() -> None:
         worker(json.loads(Path(args.worker).read_text()))
         return
     counts = args.images if len(args.images) == len(args.variants) else args.images[:1] * len(args.variants)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    stages: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="predict-throughput-") as tmp_name:
         tmp = Path(tmp_name)
         for variant, n in zip(args.variants, counts):
@@ -200,9 +265,34 @@ def main() -> None:
                             "device": args.device, "batch_size": args.batch_size, "workers": args.workers}
                     rows.append(run_config(spec, processes, tmp))
                     print(json.dumps({k: fmt(v) for k, v in rows[-1].items()}), flush=True)
+            if args.stages:
+                stages.extend(_stage_rows(variant, str(model), manifest, args.batch_size, rows))
     columns = ["model", "processes", "mode", "images", "wall s", "images/s", "expr/s", "forward busy %"]
     print_table(f"segmenting a collection ({args.device})", rows, columns)
-    write_json(args.json, {"machine": machine_info(torch.device(args.device)), "args": vars(args), "results": rows})
+    if stages:
+        print_table("each stage alone (cpu)", stages, list(stages[0]))
+    write_json(args.json, {"machine": machine_info(torch.device(args.device)), "args": vars(args), "results": rows,
+                           "stages": stages})
+
+
+def _stage_rows(variant: str, model: str, manifest: Path, batch_size: int,
+                rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`stage_costs` at one thread and at torch's default, with the one-thread ceiling against the loop
+    row of one process measured above (when there is one)."""
+    entries = read_manifest(manifest).entries[:16]
+    per_image = sum(len(e.expressions) for e in entries) / len(entries)
+    default_threads = torch.get_num_threads()
+    out = []
+    for threads in sorted({1, default_threads}):
+        row = {"model": variant, **stage_costs(model, entries, batch_size, threads)}
+        if threads == 1:
+            loop = [r["expr/s"] for r in rows if r["model"] == variant and r["mode"] == "loop" and r["processes"] == 1]
+            for name, value in pipeline_ceiling(row, per_image, os.cpu_count() or 1).items():
+                row[name] = value
+                row[name.replace("expr/s", "x loop")] = value / loop[0] if loop else float("nan")
+        out.append(row)
+    torch.set_num_threads(default_threads)
+    return out
 
 
 if __name__ == "__main__":
