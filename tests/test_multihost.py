@@ -64,12 +64,16 @@ class Hosts:
         return len(pids)
 
     def remove(self) -> None:
-        for ns in self.ns.values():  # deleting a namespace deletes its end of the pair, and so the pair
+        for host, ns in self.ns.items():
+            # What a failed test left running (workers are in sessions of their own: ending an agent's
+            # process group leaves them); deleting a namespace deletes its end of the pair, and so the pair.
+            self.crash(host)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
     def agent(self, host: str, out: Path, extra_agent: list[str], extra: list[str]) -> subprocess.Popen:
         """``torchrun`` for two hosts (c10d rendezvous at host a), started in ``host``'s namespace."""
-        cmd = ["ip", "netns", "exec", self.ns[host], "env", "OMP_NUM_THREADS=1",
+        # TORCH_DISABLE_SHARE_RDZV_TCP_STORE: docs/training.md's recipe, so that a restarted agent can rejoin.
+        cmd = ["ip", "netns", "exec", self.ns[host], "env", "OMP_NUM_THREADS=1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
                f"GLOO_SOCKET_IFNAME={self.iface[host]}", sys.executable, "-m", "torch.distributed.run",
                "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"{self.address['a']}:{PORT}", "--rdzv-id", f"detris-{out.name}", *extra_agent,
@@ -122,6 +126,29 @@ def _free_port() -> int:
 
 def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _one_process_params(out: Path, extra: list[str]) -> dict[str, torch.Tensor]:
+    """The parameters an uninterrupted one-process run of the same config (``TINY`` + ``extra``) ends with."""
+    cmd = [sys.executable, "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + extra + [f"output.dir={out}"]:
+        cmd += ["--set", item]
+    one = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return _params(out)
+
+
+def _params(run: Path) -> dict[str, torch.Tensor]:
+    """The parameters in ``checkpoints/last.pt``; not the BatchNorm statistics, which each process keeps
+    for itself (no SyncBatchNorm on CPU) and so differ with the number of processes."""
+    weights = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["weights"]
+    return {k: v for k, v in weights.items() if "running_" not in k and "num_batches" not in k}
+
+
+def _max_diff(wa: dict[str, torch.Tensor], wb: dict[str, torch.Tensor]) -> float:
+    assert wa.keys() == wb.keys()
+    return max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
 
 
 @pytest.mark.slow
@@ -207,16 +234,8 @@ def test_elastic_run_survives_a_killed_host(hosts, tmp_path):
     assert code == 0, err[-3000:]
     assert done["b"][0] == -signal.SIGKILL
 
-    cmd = [sys.executable, "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
-    for item in TINY + steps + [f"output.dir={tmp_path / 'one'}"]:
-        cmd += ["--set", item]
-    one = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                         timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    wa = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["weights"]
-    wb = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)["weights"]
-    params = [k for k in wa if "running_" not in k and "num_batches" not in k]  # BN statistics: per process
-    diff = max((wa[k].double() - wb[k].double()).abs().max().item() for k in params)
+    wa, wb = _params(run), _one_process_params(tmp_path / "one", steps)
+    diff = _max_diff(wa, wb)
     records = _records(run)
     train_steps = [r["global_step"] for r in records if r["kind"] == "train"]
     resumes = [r for r in records if r["kind"] == "resume"]
@@ -224,7 +243,79 @@ def test_elastic_run_survives_a_killed_host(hosts, tmp_path):
           f"(steps redone {[r['steps_redone'] for r in resumes]}); finished at step {train_steps[-1]}; "
           f"max parameter difference to one process {diff}")
     assert train_steps == list(range(1, 17)) and len(resumes) == 1 and resumes[0]["global_step"] >= killed_at
-    assert all(torch.equal(wa[k], wb[k]) for k in params)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _wait_for_records(run: Path, done, agents: dict[str, subprocess.Popen], seconds: float, what: str) -> list[dict]:
+    """Until ``done(records of metrics.jsonl)`` holds (every agent in ``agents`` still running)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert all(p.poll() is None for p in agents.values()), f"an agent ended before {what}"
+        try:
+            records = _records(run)
+        except (OSError, ValueError):
+            records = []  # not written yet, a line being written, or the file being replaced on resume
+        if done(records):
+            return records
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {seconds} s")
+
+
+def _trains_after_resume(records: list[dict], n: int) -> bool:
+    """Whether a train record follows the ``n``-th resume record (the resumed round took a step)."""
+    kinds = [r["kind"] for r in records]
+    resumes = [i for i, kind in enumerate(kinds) if kind == "resume"]
+    return len(resumes) >= n and "train" in kinds[resumes[n - 1] + 1:]
+
+
+@pytest.mark.slow
+def test_elastic_run_a_crashed_host_that_comes_back_rejoins(hosts, tmp_path):
+    """Host b crashes (SIGKILL to its agent and its worker); once host a trains alone, host b's agent
+    starts again with the same command: host a's worker is stopped (SIGTERM: it saves the step, no step
+    lost), both re-form the group and finish together, with the weights of an uninterrupted one-process
+    run (the global batch and micro-batch fixed)."""
+    run = tmp_path / "rejoin"
+    total = 60  # host a, training alone, must still be running once host b is back (measured: after 16-24 steps)
+    steps = [f"train.epochs={total}", f"train.max_steps={total}", "train.evaluate=false", "train.save_every_steps=1"]
+    elastic = ["--nnodes", "1:2", "--max-restarts", "3", "--rdzv-conf", "is_host=1,last_call_timeout=2"]
+
+    def agent(host: str) -> subprocess.Popen:
+        return hosts.agent(host, run, [*elastic, "--local-addr", hosts.address[host]], steps)
+
+    agents = {"a": agent("a"), "b": agent("b")}
+    try:
+        _wait_for_step(run, 4, agents, 240)
+        assert hosts.crash("b") >= 2  # the agent and its worker
+        killed_at = json.loads((run / "checkpoints" / "last.json").read_text())["global_step"]
+        assert _finish({"b": agents["b"]}, 30)["b"][0] == -signal.SIGKILL
+        alone = _wait_for_records(run, lambda r: _trains_after_resume(r, 1), {"a": agents["a"]}, 120,
+                                  "host a training alone")
+        back_after = [r["global_step"] for r in alone if r["kind"] == "train"][-1]
+        agents["b"] = agent("b")  # the host comes back: the same command
+        done = _finish(agents, 180)
+    finally:
+        hosts.crash("a")  # after a failure: workers outlive their agents (sessions of their own)
+        hosts.crash("b")
+        _finish(agents, 30)
+    for host, (code, _, err) in done.items():
+        assert code == 0, f"host {host}: {err[-3000:]}"
+
+    records = _records(run)
+    train_steps = [r["global_step"] for r in records if r["kind"] == "train"]
+    resumes = [r for r in records if r["kind"] == "resume"]
+    world = json.loads((run / "summary.json").read_text())["world_size"]  # rank 0 of the last round
+    wa, wb = _params(run), _one_process_params(tmp_path / "one", steps)
+    diff = _max_diff(wa, wb)
+    print(f"rejoin: host b killed at checkpoint step {killed_at}, back after step {back_after}; resumed at "
+          f"{[r['global_step'] for r in resumes]} (steps redone {[r['steps_redone'] for r in resumes]}); "
+          f"last round {world} processes; finished at step {train_steps[-1]}; max parameter difference {diff}")
+    # Each step recorded once: the crash redid at most the step being saved (a checkpoint every step),
+    # the return none (host a's worker saves the step it is stopped after).
+    assert train_steps == list(range(1, total + 1))
+    assert len(resumes) == 2 and resumes[0]["global_step"] >= killed_at and resumes[0]["steps_redone"] <= 1
+    assert resumes[1]["global_step"] >= back_after and resumes[1]["steps_redone"] == 0
+    assert world == 2  # host b's new worker trained in the last round
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.mark.slow
@@ -264,14 +355,6 @@ def test_sigterm_to_one_host_stops_both_after_the_same_step_then_resumes(hosts, 
     done = _finish(resumed, 300)
     for host, (code, _, err) in done.items():
         assert code == 0, f"host {host}: {err[-3000:]}"
-    cmd = [sys.executable, "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
-    for item in TINY + steps + [f"output.dir={tmp_path / 'one'}"]:
-        cmd += ["--set", item]
-    one = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                         timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    wa = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["weights"]
-    wb = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)["weights"]
-    params = [k for k in wa if "running_" not in k and "num_batches" not in k]  # BN statistics: per process
-    assert all(torch.equal(wa[k], wb[k]) for k in params)
+    wa, wb = _params(run), _one_process_params(tmp_path / "one", steps)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [r["global_step"] for r in _records(run) if r["kind"] == "train"] == list(range(1, 17))
