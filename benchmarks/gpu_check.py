@@ -17,6 +17,9 @@ each has its own time budget and all share one overall deadline):
   once as ``detris train`` (at world size 1 the engine uses no process group) and once with the
   engine's DDP path forced (process group, DDP wrapper, SyncBatchNorm, all-reduces) on nccl, through
   ``detris.engine.loop.run_training``.
+- ``predict``: ``benchmarks/predict_throughput.py`` on the device, one process: images/s and the share
+  of the wall time the model's forward is busy, for the per-image loop and for the ``detris predict
+  --input`` pipeline (exact and batched), detris-tiny first, then DETRIS-B.
 - ``compile``: ``torch.compile`` on against off for our eval forward (float32, bfloat16) and, when the
   budget allows, our float32 training step; the first call's time (the compilation) is reported apart.
 
@@ -41,6 +44,7 @@ import gc
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,7 +66,7 @@ from detris.precision import DTYPES, autocast, precision_name
 HERE = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(HERE))
 TINY_CONFIG = os.path.join(REPO, "configs", "synthetic-tiny.yaml")
-SECTIONS = ("compare", "microbatch", "ddp", "compile")
+SECTIONS = ("compare", "microbatch", "ddp", "predict", "compile")
 GIB = 2**30
 
 
@@ -83,6 +87,9 @@ class Scale:
     deadline_s: float
     budgets: dict[str, float] = field(default_factory=dict)
     fake_cap_mib: float | None = None  # CPU only: the micro-batch search's stand-in for device memory
+    predict_variants: tuple[str, ...] = ("detris-tiny",)  # the predict section's models, cheapest first
+    predict_images: tuple[int, ...] = (6,)  # images per model (1-3 expressions each)
+    predict_size: tuple[int, int] = (96, 128)  # (H, W) of the generated JPEGs
 
 
 # The CUDA budgets add up to 455 s, under the 8 minutes the check is meant to take on an H200 with the
@@ -91,11 +98,13 @@ class Scale:
 SCALES = {
     "cuda": Scale("detris-b", 448, 2, "detris-l", repeats=20, train_repeats=10, warmup=3, max_batch=512,
                   compile_backend="inductor", ddp_backend="nccl", deadline_s=455,
-                  budgets={"compare": 120, "microbatch": 110, "ddp": 75, "compile": 150}),
+                  budgets={"compare": 115, "microbatch": 95, "ddp": 65, "predict": 55, "compile": 125},
+                  predict_variants=("detris-tiny", "detris-b"), predict_images=(96, 24), predict_size=(480, 640)),
     # Inductor's C++ code generation takes minutes on a small CPU; aot_eager exercises the same capture.
     "cpu": Scale("detris-tiny", 56, 2, "detris-tiny", repeats=3, train_repeats=2, warmup=1, max_batch=64,
-                 compile_backend="aot_eager", ddp_backend="gloo", deadline_s=180,
-                 budgets={"compare": 25, "microbatch": 20, "ddp": 60, "compile": 60}, fake_cap_mib=24.0),
+                 compile_backend="aot_eager", ddp_backend="gloo", deadline_s=220,
+                 budgets={"compare": 25, "microbatch": 20, "ddp": 60, "predict": 40, "compile": 60},
+                 fake_cap_mib=24.0),
 }
 
 
@@ -510,6 +519,45 @@ def ddp_worker(spec: dict[str, Any]) -> dict[str, Any]:
         dist.destroy_process_group()
 
 
+# ------------------------------------------------------------------------------------------ predict
+def predict_section(args: argparse.Namespace, scale: Scale, device: torch.device, deadline: float) -> dict[str, Any]:
+    """``benchmarks/predict_throughput.py`` in one process on this device (each configuration in a fresh
+    process of its own, as the script runs them); the rows it printed before the deadline are kept."""
+    work = args.workdir or tempfile.mkdtemp(prefix="gpu_check_")
+    out = os.path.join(work, "predict_throughput.json")
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "predict_throughput.py"), "--device", device.type,
+           "--variants", *scale.predict_variants, "--images", *map(str, scale.predict_images),
+           "--size", *map(str, scale.predict_size), "--processes", "1", "--workers", "2", "--json", out]
+    env = child_env()
+    if "OMP_NUM_THREADS" in os.environ:  # the pipeline's own CPU work runs with torch's default threads
+        env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
+    else:
+        env.pop("OMP_NUM_THREADS")
+    result: dict[str, Any] = {"command": cmd[1:]}
+    # A session of its own: at the deadline the script and the configuration it is running are stopped
+    # together (a configuration left running would hold the GPU during the next section).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            start_new_session=True)
+    try:
+        printed, errors = proc.communicate(timeout=max(left(deadline), 1))
+        result["returncode"] = proc.returncode
+        if proc.returncode != 0:
+            result["error"] = errors[-2000:]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        printed, _ = proc.communicate()
+        result["stopped"] = "time budget"
+    if os.path.isfile(out):
+        with open(out) as f:
+            result["rows"] = json.load(f)["results"]
+    else:  # stopped early: the rows printed so far (one JSON line per configuration)
+        result["rows"] = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
+    for row in result["rows"]:
+        print(f"  {row['model']} {row['mode']}: {float(row['images/s']):.2f} images/s, "
+              f"forward busy {float(row['forward busy %']):.1f} %", flush=True)
+    return result
+
+
 # ------------------------------------------------------------------------------------------ compile
 def compile_section(args: argparse.Namespace, scale: Scale, device: torch.device, deadline: float) -> dict[str, Any]:
     """``torch.compile`` on against off for our eval forward (float32, bfloat16) and, if the budget
@@ -628,6 +676,10 @@ def render_tables(payload: dict[str, Any]) -> str:
                      "note": r.get("note")} for name, r in d["runs"].items()]
             B.print_table("2-step training run under torchrun --nproc_per_node 1", rows,
                           ["run", "finished", "steps", "backend", "seconds", "note"])
+        pr = sections.get("predict", {})
+        if pr.get("rows"):
+            B.print_table("Segmenting a collection, one process (benchmarks/predict_throughput.py)", pr["rows"],
+                          ["model", "mode", "images", "wall s", "images/s", "expr/s", "forward busy %"])
         k = sections.get("compile", {})
         if k.get("cases"):
             B.print_table(f"torch.compile ({k['backend']}) on vs off: {k['variant']} {k['size']}², batch {k['batch']}",
@@ -653,7 +705,8 @@ def write_outputs(args: argparse.Namespace, payload: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------ main
 RUNNERS: dict[str, Callable[[argparse.Namespace, Scale, torch.device, float], dict[str, Any]]] = {
-    "compare": compare_section, "microbatch": microbatch_section, "ddp": ddp_section, "compile": compile_section,
+    "compare": compare_section, "microbatch": microbatch_section, "ddp": ddp_section, "predict": predict_section,
+    "compile": compile_section,
 }
 
 
@@ -671,6 +724,8 @@ def run_section(name: str, args: argparse.Namespace, scale: Scale, device: torch
         record = {"status": "ok", **RUNNERS[name](args, scale, device, min(start + budget, overall))}
         if name == "ddp" and not record["finished"]:
             record["status"], record["error"] = "error", "a torchrun run did not finish its 2 steps"
+        if name == "predict" and record.get("returncode", 0) != 0:
+            record["status"] = "error"
     except (Exception, SystemExit) as err:  # SystemExit: _official's message for a wrong checkout path
         record = {"status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
         print(f"  {name} failed: {record['error']}", flush=True)

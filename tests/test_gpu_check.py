@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
-SECTIONS = ("compare", "microbatch", "ddp", "compile")
+SECTIONS = ("compare", "microbatch", "ddp", "predict", "compile")
 SEARCHES = [  # (limit, max_batch, largest, first_failure, stopped)
     (37, 64, 37, 38, None),  # doubling to 64 fails, bisection between 32 and 64 ends at 37 / 38
     (64, 64, 64, None, "max_batch 64 reached"),
@@ -83,7 +83,12 @@ def test_cpu_smoke_run_records_every_section(tmp_path):
     assert all(r["summary"]["global_step"] == 2 for r in ddp["runs"].values())
     assert ddp["runs"]["engine_ddp"]["worker"]["backend"] == "gloo"
 
+    rows = sections["predict"]["rows"]  # the collection benchmark, one process, each mode once
+    assert [(r["model"], r["mode"]) for r in rows] == [("detris-tiny", m) for m in ("loop", "pipeline", "pipeline-batched")]
+    assert all(r["images"] == 6 and r["images/s"] > 0 and 0 < r["forward busy %"] <= 100 for r in rows), rows
+
     for case in sections["compile"]["cases"]:
         assert case.get("compiled_ms", 0) > 0 or case.get("skipped"), case
     text = table.read_text()
     assert "### Sections" in text and "torch.compile" in text and "micro-batch" in text
+    assert "Segmenting a collection" in text
