@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the namespaces are the multi-host tests' (veth_hosts.py)
+from veth_hosts import VethHosts  # noqa: E402
+
 PORT = 29412
 RUN = [
     "model.overrides.image_size=56", "data.synthetic.train_images=200", "data.synthetic.val_images=2",
@@ -40,37 +42,11 @@ RUN = [
 ]
 
 
-@dataclass
-class Hosts:
-    """Two namespaces ``a`` and ``b`` joined by a veth pair on 10.231.250.0/24."""
+class Hosts(VethHosts):
+    """Namespaces ``dtsoaka`` and ``dtsoakb`` joined by a veth pair on 10.231.250.0/24."""
 
-    ns: dict[str, str] = field(default_factory=lambda: {"a": "dtsoaka", "b": "dtsoakb"})
-    iface: dict[str, str] = field(default_factory=lambda: {"a": "dtsoakva", "b": "dtsoakvb"})
-    address: dict[str, str] = field(default_factory=lambda: {"a": "10.231.250.1", "b": "10.231.250.2"})
-
-    def create(self) -> None:
-        self.remove()
-        _ip("link", "add", self.iface["a"], "type", "veth", "peer", "name", self.iface["b"])
-        for host in ("a", "b"):
-            _ip("netns", "add", self.ns[host])
-            _ip("link", "set", self.iface[host], "netns", self.ns[host])
-            _ip("-n", self.ns[host], "addr", "add", f"{self.address[host]}/24", "dev", self.iface[host])
-            _ip("-n", self.ns[host], "link", "set", self.iface[host], "up")
-            _ip("-n", self.ns[host], "link", "set", "lo", "up")
-
-    def crash(self, host: str) -> None:
-        """SIGKILL every process in the host's namespace (the agent and the workers it started)."""
-        pids = subprocess.run(["ip", "netns", "pids", self.ns[host]], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def remove(self) -> None:
-        for host in ("a", "b"):
-            self.crash(host)
-            subprocess.run(["ip", "netns", "del", self.ns[host]], capture_output=True)
+    def __init__(self) -> None:
+        super().__init__("soak", 250)
 
     def agent(self, host: str, out: Path, args: argparse.Namespace, log: Path) -> subprocess.Popen:
         rdzv = f"last_call_timeout={args.last_call:g}" + (",is_host=1" if host == "a" else "")
@@ -91,10 +67,6 @@ class Hosts:
             cmd += ["--set", item]
         with open(log, "a") as f:
             return subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -200,6 +172,7 @@ def main() -> int:
         return 2
     hosts, work = Hosts(), Path(tempfile.mkdtemp(prefix="detris-soak-"))
     try:
+        hosts.remove()  # what an interrupted earlier run left
         hosts.create()
         watch = _soak(args, hosts, work / "run", work)
     finally:

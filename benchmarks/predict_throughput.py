@@ -49,7 +49,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _bench import SENTENCES, fmt, machine_info, print_table, randomize_, write_json  # benchmarks/ is on sys.path
+from _bench import (  # benchmarks/ is on sys.path
+    SENTENCES,
+    fmt,
+    machine_info,
+    print_table,
+    randomize_,
+    repeat_timed,
+    write_json,
+)
 from detris.build import build_model
 from detris.collection import (
     CollectionOptions,
@@ -161,12 +169,7 @@ def worker(spec: dict[str, Any]) -> None:
 
 def _ms_each(fn: Any, count: int, repeats: int = 3) -> float:
     """Best of ``repeats`` timings of ``fn()``, in milliseconds per one of the ``count`` things it does."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best / count
+    return 1000 * min(repeat_timed(fn, torch.device("cpu"), repeats, warmup=0)) / count
 
 
 def stage_costs(model_dir: str, entries: list[ManifestEntry], batch_size: int, threads: int) -> dict[str, Any]:

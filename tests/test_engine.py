@@ -19,31 +19,10 @@ pytest.importorskip("yaml")
 
 from detris.engine.config import ConfigError, load_config
 from detris.engine.distributed import GlobalBatchSampler
+from tiny_runs import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-
-# A few-second run: 56 px inputs (4x4 patch grid), a handful of 64 px scenes.
-TINY = [
-    "model.overrides.image_size=56",
-    "data.synthetic.train_images=8",
-    "data.synthetic.val_images=2",
-    "data.synthetic.test_images=0",
-    "data.synthetic.image_size=[64, 64]",
-    "data.synthetic.max_objects=3",
-    "train.batch_size=4",
-    "train.micro_batch_size=2",
-    "train.lr=1e-3",
-    "train.milestones=[2]",
-    "output.progress=false",
-    "output.plot=false",
-    # The official schedule and loss, one process, no time budget: these runs must be reproducible
-    # step for step (the demo's settings in the config use a wall-time schedule and a loader process).
-    "train.lr_schedule=multistep",
-    "train.dice_weight=0.0",
-    "train.max_minutes=null",
-    "data.num_workers=0",
-]
 
 
 def _run_train(run_dir: Path, extra: list[str], resume: str | None = None, wait: bool = True):
@@ -337,6 +316,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_two_processes(run_dir: Path, extra: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``detris train`` of the tiny run under ``torchrun --nproc_per_node 2`` on this host, one thread each."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
+    for item in TINY + [f"output.dir={run_dir}"] + extra:
+        cmd += ["--set", item]
+    return subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=timeout)
+
+
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     """2 processes x micro-batch 2 == 1 process x 2 micro-batches of 2 (global batch 4).
@@ -353,12 +342,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     single = _run_train(tmp_path / "one", common)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
-    for item in TINY + [f"output.dir={tmp_path / 'two'}"] + common:
-        cmd += ["--set", item]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    two = _run_two_processes(tmp_path / "two", common, timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "Grad strides do not match" not in two.stderr  # DDP copies no gradient (keep_grad_layouts)
 
@@ -458,11 +442,7 @@ def test_ddp_skips_unreadable_items_like_one_process(tmp_path):
     single = _run_train(tmp_path / "one", common)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "detris.cli", "train", str(CONFIGS / "synthetic-tiny.yaml")]
-    for item in TINY + [f"output.dir={tmp_path / 'two'}"] + common:
-        cmd += ["--set", item]
-    two = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    two = _run_two_processes(tmp_path / "two", common, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one_records, two_records = _records(tmp_path / "one"), _records(tmp_path / "two")
     print(f"bad items skipped: one process {one_records[-1].get('bad_items')}, two {two_records[-1].get('bad_items')}")

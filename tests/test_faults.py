@@ -30,20 +30,15 @@ from detris.engine.checkpoint import (
 )
 from detris.engine.config import load_config
 from detris.utils import FileWriteError
+from tiny_runs import TINY as TINY_RUN
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAGE = 4096
 #: How a full disk is reported: the reason, how much of the file was written, the space left.
 FULL = r"\(No space left on device( after [\d.]+ k?M?B of it)?; [\d.]+ k?M?B free on its file system\)"
 
-# A few-second run on a handful of 64 px scenes (as in test_engine.py).
-TINY = [
-    "model.overrides.image_size=56", "data.synthetic.train_images=8", "data.synthetic.val_images=2",
-    "data.synthetic.test_images=0", "data.synthetic.image_size=[64, 64]", "data.synthetic.max_objects=3", "train.batch_size=4",
-    "train.micro_batch_size=2", "train.lr=1e-3", "train.milestones=[2]", "output.progress=false",
-    "output.plot=false", "output.tensorboard=false", "train.lr_schedule=multistep", "train.dice_weight=0.0",
-    "train.max_minutes=null", "data.num_workers=0", "train.evaluate=false", "train.num_threads=1",
-]
+# The tests' few-second run, without validation or TensorBoard, one thread.
+TINY = [*TINY_RUN, "output.tensorboard=false", "train.evaluate=false", "train.num_threads=1"]
 
 
 class Tmpfs:

@@ -1,7 +1,7 @@
 """Two hosts made of two network namespaces joined by a veth pair, one ``torchrun`` agent in each.
 
-The test creates the namespaces and removes them (root and ``ip netns`` needed: skipped otherwise);
-traffic stays inside them: addresses 10.231.N.1 / 10.231.N.2 on the pair, nothing routed further.
+The test creates the namespaces and removes them (``veth_hosts``; root and ``ip netns`` needed: skipped
+otherwise); traffic stays inside them: addresses 10.231.N.1 / 10.231.N.2 on the pair, nothing routed further.
 """
 
 from __future__ import annotations
@@ -20,55 +20,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_runs import TINY as TINY_RUN
+from veth_hosts import VethHosts
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 PORT = 29411
 
-# A few-second run (as in test_engine.py), validated, no dropout: every process computes the same thing.
-TINY = [
-    "model.overrides.image_size=56", "data.synthetic.train_images=8", "data.synthetic.val_images=2",
-    "data.synthetic.test_images=0", "data.synthetic.image_size=[64, 64]", "data.synthetic.max_objects=3",
-    "train.batch_size=4", "train.micro_batch_size=2", "train.lr=1e-3", "train.milestones=[2]",
-    "output.progress=false", "output.plot=false", "output.tensorboard=false", "train.lr_schedule=multistep",
-    "train.dice_weight=0.0", "train.max_minutes=null", "data.num_workers=0", "train.num_threads=1",
-    "train.epochs=1", "train.max_steps=3", "train.evaluate=true", "model.overrides.decoder_dropout=0.0",
-]
+# The tests' few-second run: three steps, one thread a process, validated, no dropout (every process
+# computes the same thing).
+TINY = [*TINY_RUN, "output.tensorboard=false", "train.num_threads=1", "train.epochs=1", "train.max_steps=3",
+        "train.evaluate=true", "model.overrides.decoder_dropout=0.0"]
 
 
-class Hosts:
-    """Namespaces ``a`` and ``b`` with one veth pair; ``address[x]`` and ``iface[x]`` per host."""
-
-    def __init__(self, tag: str, subnet: int) -> None:
-        self.ns = {"a": f"dt{tag}a", "b": f"dt{tag}b"}
-        self.iface = {"a": f"dt{tag}va", "b": f"dt{tag}vb"}
-        self.address = {"a": f"10.231.{subnet}.1", "b": f"10.231.{subnet}.2"}
-
-    def create(self) -> None:
-        _ip("link", "add", self.iface["a"], "type", "veth", "peer", "name", self.iface["b"])
-        for host in ("a", "b"):
-            _ip("netns", "add", self.ns[host])
-            _ip("link", "set", self.iface[host], "netns", self.ns[host])
-            _ip("-n", self.ns[host], "addr", "add", f"{self.address[host]}/24", "dev", self.iface[host])
-            _ip("-n", self.ns[host], "link", "set", self.iface[host], "up")
-            _ip("-n", self.ns[host], "link", "set", "lo", "up")
-
-    def crash(self, host: str) -> int:
-        """SIGKILL every process in ``host``'s namespace (the agent and its workers, which torchrun starts
-        in sessions of their own), as a host that loses power; returns how many there were."""
-        pids = subprocess.run(["ip", "netns", "pids", self.ns[host]], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # already gone
-        return len(pids)
-
-    def remove(self) -> None:
-        for host, ns in self.ns.items():
-            # What a failed test left running (workers are in sessions of their own: ending an agent's
-            # process group leaves them); deleting a namespace deletes its end of the pair, and so the pair.
-            self.crash(host)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+class Hosts(VethHosts):
+    """The two namespaces, and a ``torchrun`` agent of the tiny training run in either."""
 
     def agent(self, host: str, out: Path, extra_agent: list[str], extra: list[str]) -> subprocess.Popen:
         """``torchrun`` for two hosts (c10d rendezvous at host a), started in ``host``'s namespace."""
@@ -82,10 +48,6 @@ class Hosts:
             cmd += ["--set", item]
         return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 @pytest.fixture
